@@ -1,0 +1,53 @@
+"""Corpus-level seqio preprocessors: read the builder's records and crop them on the fly."""
+
+from __future__ import annotations
+
+import gin
+import seqio
+import tensorflow as tf
+
+from prottrans_jax.data.objectives import span_corruption_raw_length
+
+
+def sequence_to_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Builder record -> {"targets": "M K T ...", "id": ...}: objectives start from targets."""
+    return dataset.map(lambda ex: {"targets": ex["sequence"], "id": ex["id"]},
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _crop(tokens: tf.Tensor, max_length, seed) -> tf.Tensor:
+    """A random window of at most max_length tokens (the whole sequence if it fits)."""
+    excess = tf.maximum(tf.size(tokens) - max_length, 0)
+    start = tf.random.stateless_uniform([], seed=seed, maxval=excess + 1, dtype=tf.int32)
+    return tokens[start:start + max_length]
+
+
+def random_crop(dataset: tf.data.Dataset, sequence_length, reserved: int = 1,
+                feature_key: str = "inputs") -> tf.data.Dataset:
+    """Crops "targets" to a random window of sequence_length[feature_key] - reserved tokens.
+
+    ProtT5 and ProtBert cropped long proteins on the fly, so each epoch sees another window;
+    `reserved` leaves room for EOS (1) or [CLS] + [SEP] (2).
+    """
+    max_length = sequence_length[feature_key] - reserved
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def crop(features, seed):
+        return {**features, "targets": _crop(features["targets"], max_length, seed)}
+
+    return crop(dataset)
+
+
+@gin.configurable
+def random_crop_for_span_corruption(dataset: tf.data.Dataset, sequence_length,
+                                    noise_density: float = 0.15,
+                                    mean_noise_span_length: float = 3.0) -> tf.data.Dataset:
+    """Crops to the raw length whose span-corrupted inputs exactly fit the inputs length."""
+    raw = span_corruption_raw_length(sequence_length["inputs"], noise_density,
+                                     mean_noise_span_length)
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def crop(features, seed):
+        return {**features, "targets": _crop(features["targets"], raw, seed)}
+
+    return crop(dataset)

@@ -1,0 +1,231 @@
+"""Amino-acid vocabularies with the released ProtTrans models' id tables.
+
+A model trained here and a released ProtTrans model must agree on what an id means, so the
+tables below reproduce the released tokenizers exactly instead of inventing a new order.
+
+Sources (public):
+- ProtT5 (`Rostlab/prot_t5_xl_uniref50`, `prot_t5_xl_bfd`, `prot_t5_xl_half_uniref50-enc`):
+  the SentencePiece model `spiece.model`, 128 pieces. The full id table is printed by
+  `T5Tokenizer.get_vocab()` in agemagician/ProtTrans issue #42 ("Which mask token is used in
+  T5 training?"): <pad>=0, </s>=1, <unk>=2, then "▁A".."▁Z" at 3..27 in the order below, then
+  <extra_id_99>=28 .. <extra_id_0>=127 (sentinel N has id 127 - N, the T5 convention).
+- ProtBert / ProtBert-BFD / ProtElectra (`vocab.txt`, 30 lines): [PAD] [UNK] [CLS] [SEP] [MASK]
+  then 25 letters in the order below, one id per line. The order is the one the ProtTrans
+  maintainers enumerate and tokenise to ids 0..29 in agemagician/ProtTrans issue #68
+  ("ProtElectra Tokenizer"). That thread shows the ProtElectra tokenizer; ProtBert's vocab.txt
+  is the same 30-line file as far as public sources show, but we have not seen ProtBert's file
+  byte for byte: treat the ProtBert table as established with high but not full certainty.
+  Importing released weights always reads the tokenizer files shipped with them
+  (`load_bert_vocab_file`) and never trusts this built-in table.
+
+Input text is residues separated by single spaces ("M K T A"), as ProtTrans feeds its
+tokenizers. Lower case is accepted; the rare residues U, Z, O, B are encoded as X, as
+ProtTrans users do before tokenising (the tables keep their own ids for compatibility only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+# Letters accepted in protein sequences: 20 standard amino acids, X (unknown) and the four
+# rare/ambiguous codes that ProtTrans maps to X.
+STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+RARE_TO_X = "UZOB"
+PROTEIN_ALPHABET = STANDARD_AMINO_ACIDS + "X" + RARE_TO_X
+
+_RARE_TRANSLATION = str.maketrans({c: "X" for c in RARE_TO_X + RARE_TO_X.lower()})
+
+
+def normalize_sequence(sequence: str) -> str:
+    """Upper-cases and maps U, Z, O, B to X: the form every stage stores and tokenises."""
+    return sequence.translate(_RARE_TRANSLATION).upper()
+
+
+def space_separate(sequence: str) -> str:
+    """"MKTA" -> "M K T A", the text layout ProtTrans tokenisers expect."""
+    return " ".join(sequence)
+
+
+# ProtT5 SentencePiece table (see module docstring for the source).
+PROT_T5_RESIDUE_ORDER = "ALGVSREDTIPKFQNYMHWCXBOUZ"
+PROT_T5_NUM_SENTINELS = 100
+# ProtBert / ProtElectra vocab.txt (see module docstring for the source).
+PROT_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PROT_BERT_RESIDUE_ORDER = "LAGVESIKRDTPNQFYMHCWXUBZO"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    pieces: tuple[str, ...]  # piece text by id
+    residue_ids: dict[str, int]  # residue letter -> id
+
+
+class ProteinVocabulary(seqio.Vocabulary):
+    """A fixed id table over single residues, usable by seqio tasks and feature converters.
+
+    Every id of the released table is part of the base vocabulary (`extra_ids` is 0) so that
+    `decode` shows sentinels and specials by name instead of collapsing them to <unk>.
+    """
+
+    def __init__(self, name: str, pieces: Sequence[str], residue_order: str,
+                 first_residue_id: int, *, pad_id: int, eos_id: int | None, unk_id: int,
+                 mask_id: int | None = None, bos_id: int | None = None,
+                 sentinel_ids: Sequence[int] = ()):
+        super().__init__(extra_ids=0)
+        self.name = name
+        self._pieces = tuple(pieces)
+        self._pad_id, self._eos_id, self._unk_id = pad_id, eos_id, unk_id
+        self._mask_id, self._bos_id = mask_id, bos_id
+        self._sentinel_ids = tuple(sentinel_ids)
+        residue_ids = {aa: first_residue_id + i for i, aa in enumerate(residue_order)}
+        for rare in RARE_TO_X:  # ProtTrans practice: rare residues are read as X.
+            residue_ids[rare] = residue_ids["X"]
+        self._residue_ids = residue_ids
+        self._residue_letters = {first_residue_id + i: aa for i, aa in enumerate(residue_order)}
+        # Byte -> id lookup used by both the Python and the TensorFlow encoder.
+        table = np.full(256, unk_id, dtype=np.int32)
+        for letter, token_id in residue_ids.items():
+            table[ord(letter)] = token_id
+            table[ord(letter.lower())] = token_id
+        self._byte_to_id = table
+        # Ids the model may predict as residues (used by BERT's random replacement).
+        self.residue_ids = np.array(
+            sorted({residue_ids[a] for a in STANDARD_AMINO_ACIDS}), dtype=np.int32)
+
+    # --- seqio.Vocabulary interface -------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._eos_id
+
+    @property
+    def unk_id(self) -> int:
+        return self._unk_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._bos_id
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def _encode(self, s: str) -> list[int]:
+        data = s.replace(" ", "").encode("latin-1", errors="replace")
+        return self._byte_to_id[np.frombuffer(data, dtype=np.uint8)].tolist()
+
+    def _decode(self, ids: Iterable[int]) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self._pad_id or i == self._eos_id:
+                continue  # seqio already truncated after EOS; padding carries no text.
+            out.append(self._residue_letters.get(i, self._pieces[i] if 0 <= i < len(self._pieces)
+                                                 else self._pieces[self._unk_id]))
+        return " ".join(out)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        data = tf.strings.regex_replace(s, " ", "")
+        as_bytes = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+        return tf.gather(tf.constant(self._byte_to_id), as_bytes)
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        # Rarely used inside input pipelines; mirrors _decode for a 1-D (or batched) tensor.
+        pieces = [self._residue_letters.get(i, p) for i, p in enumerate(self._pieces)]
+        pieces[self._pad_id] = ""
+        if self._eos_id is not None:
+            pieces[self._eos_id] = ""
+        tokens = tf.gather(tf.constant(pieces), ids)
+        tokens = tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, ""))
+        return tf.strings.reduce_join(tokens, axis=-1, separator=" ")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ProteinVocabulary) and self._pieces == other._pieces
+
+    def __hash__(self) -> int:
+        return hash(self._pieces)
+
+    def __repr__(self) -> str:
+        return f"ProteinVocabulary({self.name!r}, size={self.vocab_size})"
+
+    # --- objective helpers ----------------------------------------------------------------
+    @property
+    def mask_id(self) -> int:
+        """The single mask token: [MASK] for BERT, <extra_id_0> for T5."""
+        if self._mask_id is None:
+            raise ValueError(f"vocabulary {self.name!r} has no mask token")
+        return self._mask_id
+
+    @property
+    def num_sentinels(self) -> int:
+        return len(self._sentinel_ids)
+
+    def sentinel_id(self, index: int) -> int:
+        """Id of <extra_id_{index}>."""
+        return self._sentinel_ids[index]
+
+    @property
+    def sentinel_ids(self) -> np.ndarray:
+        return np.array(self._sentinel_ids, dtype=np.int32)
+
+    def piece(self, token_id: int) -> str:
+        return self._pieces[token_id]
+
+    @property
+    def pieces(self) -> tuple[str, ...]:
+        return self._pieces
+
+
+def prot_t5_vocabulary() -> ProteinVocabulary:
+    """ProtT5's 128-id SentencePiece table; <extra_id_0> (127) doubles as the mask token."""
+    pieces = ["<pad>", "</s>", "<unk>"]
+    pieces += ["\u2581" + aa for aa in PROT_T5_RESIDUE_ORDER]
+    pieces += [f"<extra_id_{n}>" for n in reversed(range(PROT_T5_NUM_SENTINELS))]
+    assert len(pieces) == 128
+    sentinels = [len(pieces) - 1 - n for n in range(PROT_T5_NUM_SENTINELS)]
+    return ProteinVocabulary("prot_t5", pieces, PROT_T5_RESIDUE_ORDER, 3,
+                             pad_id=0, eos_id=1, unk_id=2, mask_id=sentinels[0],
+                             sentinel_ids=sentinels)
+
+
+def prot_bert_vocabulary() -> ProteinVocabulary:
+    """ProtBert's 30-token vocab.txt table (also ProtAlbert/ProtElectra style BERT inputs).
+
+    eos is [SEP] and bos is [CLS], so seqio's EOS handling appends [SEP] and the BERT feature
+    converter prepends [CLS].
+    """
+    pieces = list(PROT_BERT_SPECIALS) + list(PROT_BERT_RESIDUE_ORDER)
+    assert len(pieces) == 30
+    return ProteinVocabulary("prot_bert", pieces, PROT_BERT_RESIDUE_ORDER, 5,
+                             pad_id=0, eos_id=3, unk_id=1, mask_id=4, bos_id=2)
+
+
+def load_bert_vocab_file(path: str | Path) -> list[str]:
+    """Reads a Hugging Face BERT `vocab.txt` (one token per line, id = line index)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such vocabulary file")
+    tokens = path.read_text(encoding="utf-8").splitlines()
+    if not tokens:
+        raise ValueError(f"{path}: empty vocabulary file")
+    return tokens
+
+
+VOCABULARIES = {"prot_t5": prot_t5_vocabulary, "prot_bert": prot_bert_vocabulary}
+
+
+def get_vocabulary(name: str) -> ProteinVocabulary:
+    """Vocabulary by model family name ('prot_t5' or 'prot_bert')."""
+    try:
+        return VOCABULARIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown vocabulary {name!r}; known: {sorted(VOCABULARIES)}") from None

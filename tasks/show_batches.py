@@ -1,0 +1,80 @@
+"""Prints one decoded, packed batch per objective of a corpus (the demo's window into the data).
+
+python -m tasks.show_batches --corpus_dir runs/demo/corpus --corpus_name sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from prottrans_jax.data.dataset import get_batches, get_task, is_encoder_only, task_feature_lengths
+from tasks.corpus import OBJECTIVES, register_corpus
+
+
+def _segments(tokens: np.ndarray, segment_ids: np.ndarray) -> list[np.ndarray]:
+    return [tokens[segment_ids == s] for s in np.unique(segment_ids) if s != 0]
+
+
+def describe_batch(task_name: str, batch: dict[str, np.ndarray], max_chars: int = 100) -> str:
+    """Human-readable batch: per row and packed protein, the decoded inputs and targets."""
+    task = get_task(task_name)
+    vocabulary = task.output_features["targets"].vocabulary
+    encoder_only = is_encoder_only(task)
+    inputs_key = "encoder_input_tokens"
+    targets_key = "encoder_target_tokens" if encoder_only else "decoder_target_tokens"
+    target_segments_key = "encoder_segment_ids" if encoder_only else "decoder_segment_ids"
+    lines = []
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in sorted(batch.items()))
+    fill = float(np.mean(batch["encoder_segment_ids"] > 0))
+    lines.append(f"== {task_name}: {shapes}; encoder rows {100 * fill:.0f}% filled by packing")
+
+    def show(ids):
+        text = vocabulary.decode(ids.tolist()).replace(" ", "")
+        text = text.replace("<extra_id_", "<").replace("[MASK]", "#")
+        return text if len(text) <= max_chars else text[:max_chars] + "..."
+
+    for row in range(batch[inputs_key].shape[0]):
+        inputs = _segments(batch[inputs_key][row], batch["encoder_segment_ids"][row])
+        targets = _segments(batch[targets_key][row], batch[target_segments_key][row])
+        lines.append(f"row {row}: {len(inputs)} protein(s) packed")
+        for k, (inp, tgt) in enumerate(zip(inputs, targets)):
+            lines.append(f"  [{k + 1}] inputs  ({len(inp):3d}) {show(inp)}")
+            lines.append(f"      targets ({len(tgt):3d}) {show(tgt)}")
+            if encoder_only:
+                weights = batch["encoder_loss_weights"][row][
+                    batch["encoder_segment_ids"][row] == k + 1]
+                lines.append(f"      loss on {int(weights.sum())} chosen position(s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.show_batches", description=__doc__)
+    parser.add_argument("--corpus_dir", required=True)
+    parser.add_argument("--corpus_name", default="sample")
+    parser.add_argument("--objective", choices=OBJECTIVES + ("all",), default="all")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--inputs_length", type=int, default=128)
+    parser.add_argument("--targets_length", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    objectives = OBJECTIVES if args.objective == "all" else (args.objective,)
+    try:
+        names = register_corpus(args.corpus_name, args.corpus_dir, objectives)
+        for name in names:
+            lengths = task_feature_lengths(get_task(name), args.inputs_length, args.targets_length)
+            batches = get_batches(name, args.split, lengths, args.batch_size, shuffle=True,
+                                  seed=args.seed)
+            batch = next(batches.as_numpy_iterator())
+            print(describe_batch(name, batch))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
