@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(PY) -m tfrecords_builder --input $(SAMPLE) --output_dir $(DEMO_DIR)/corpus \
-	    --num_shards 4 --validation_fraction 0.05 --max_length 2000 --dedupe --overwrite
+	    --num_shards 4 --validation_fraction 0.05 --overwrite
 	$(PY) -m tasks.show_batches --corpus_dir $(DEMO_DIR)/corpus --corpus_name sample \
-	    --batch_size 4 --inputs_length 64 --targets_length 64
+	    --batch_size 2 --inputs_length 128
 
 test: install
 	$(PY) -m pytest -q tests

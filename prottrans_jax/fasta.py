@@ -58,6 +58,7 @@ class FastaProblem:
     line: int
     message: str  # without the "FILE:LINE: " prefix
     record_id: str | None = None
+    header_line: int | None = None  # the record's header line; None before the first header
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
@@ -95,7 +96,8 @@ def parse_fasta(lines: Iterable[str], path: str, first_line: int = 1
     def invalid(line_number: int, record_id: str, char: str, where: str) -> FastaProblem:
         return FastaProblem(INVALID_CHARACTER, path, line_number,
                             f"invalid character {char!r} in record {record_id!r} ({where}); "
-                            f"expected amino-acid letters {PROTEIN_ALPHABET}", record_id)
+                            f"expected amino-acid letters {PROTEIN_ALPHABET}", record_id,
+                            header_line)
 
     def finish() -> FastaRecord | FastaProblem | None:
         if header is None:
@@ -112,7 +114,8 @@ def parse_fasta(lines: Iterable[str], path: str, first_line: int = 1
         sequence = "".join(text for _, text in chunks)
         if not sequence:
             return FastaProblem(EMPTY_SEQUENCE, path, header_line,
-                                f"record {record_id!r} has an empty sequence", record_id)
+                                f"record {record_id!r} has an empty sequence", record_id,
+                                header_line)
         return FastaRecord(record_id, description.strip(), sequence.upper(), path, header_line)
 
     line_number = first_line - 1
@@ -126,7 +129,8 @@ def parse_fasta(lines: Iterable[str], path: str, first_line: int = 1
             header = line[1:].strip().replace("\t", " ")
             header_line, chunks, problem = line_number, [], None
             if not header:
-                problem = FastaProblem(EMPTY_ID, path, line_number, "header has an empty id")
+                problem = FastaProblem(EMPTY_ID, path, line_number, "header has an empty id",
+                                       header_line=line_number)
             continue
         if not line:
             continue

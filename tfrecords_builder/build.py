@@ -136,11 +136,11 @@ def build(config: BuildConfig, pipeline_args: list[str] | None = None, overwrite
             f"with {options.view_as(StandardOptions).runner}")
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, config, work_dir)
-        seconds = time.time() - started
         stats = _check_and_summarise(config, files, work_dir)
         if existing:
             FileSystems.delete(existing)
         _publish(config, work_dir, stats)
+        seconds = time.time() - started  # the whole build: pipeline, count-back, publish
     except Exception:
         if FileSystems.exists(work_dir):
             FileSystems.delete([work_dir])

@@ -8,7 +8,7 @@ of lines). Gzip files cannot be split and are read whole. Parsing and validation
 
 Elements are plain tuples (cheap to pickle between stages):
   ("record", path, offset, id, description, sequence)  offset = header byte offset
-  ("problem", path, line, reason, message, id)
+  ("problem", path, line, reason, message, id, offset)  offset = its record's header offset
 Line numbers are exact: a range that starts mid-file counts the newlines before it, but only
 when it has a problem to report, so clean inputs never pay for it.
 """
@@ -92,8 +92,10 @@ class FastaSource(filebasedsource.FileBasedSource):
 
             for item in parse_fasta(lines(), file_name):
                 if isinstance(item, FastaProblem):
+                    offset = (header_offsets.pop(item.header_line)
+                              if item.header_line is not None else 0)
                     yield (PROBLEM, file_name, absolute(item.line), item.reason, item.message,
-                           item.record_id)
+                           item.record_id, offset)
                 else:
                     offset = header_offsets.pop(item.line)
                     yield (RECORD, file_name, offset, item.id, item.description, item.sequence)

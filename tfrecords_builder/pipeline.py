@@ -49,8 +49,9 @@ class BuildConfig:
 def _drop(reason: str, path: str, message: str, *, line: int | None = None,
           offset: int | None = None, record_id: str | None = None,
           first: tuple[str, int] | None = None) -> dict:
-    """A dropped record. `offset` stands in for `line` where only the byte offset is known;
-    `first` locates the copy that was kept, and `{first}` in the message is where it goes."""
+    """A dropped record. `offset` is its header's byte offset (orders reports; stands in for
+    `line` where the line is not known); `first` locates the copy that was kept, and
+    `{first}` in the message is where it goes."""
     return {"reason": reason, "path": path, "line": line, "offset": offset,
             "message": message, "id": record_id, "first": first}
 
@@ -168,7 +169,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: BuildConfig, work_dir: str) 
     records, problems = items | "ByKind" >> beam.Partition(
         lambda item, _: 0 if item[0] == RECORD else 1, 2)
     problem_drops = problems | "ProblemRows" >> beam.Map(
-        lambda p: _drop(p[3], p[1], p[4], line=p[2], record_id=p[5]))
+        lambda p: _drop(p[3], p[1], p[4], line=p[2], record_id=p[5], offset=p[6]))
 
     normalized = records | "Normalize" >> beam.ParDo(
         NormalizeAndFilter(config.min_length, config.max_length)).with_outputs(
@@ -215,6 +216,6 @@ def build_pipeline(pipeline: beam.Pipeline, config: BuildConfig, work_dir: str) 
                 | "Problems" >> beam.Filter(lambda d: d["reason"] not in FILTER_REASONS)
                 | "FirstProblems" >> beam.combiners.Top.Smallest(
                     MAX_EXAMPLE_PROBLEMS,
-                    key=lambda d: (d["path"], d["line"] or 0, d["offset"] or 0))
+                    key=lambda d: (d["path"], d["offset"]))
                 | "Flat" >> beam.FlatMap(lambda rows: rows))
     _write_json(examples, work + "problems.json", "ProblemExamples")

@@ -1,0 +1,266 @@
+"""Orbax checkpoints of the train state and the input position, and preemption handling.
+
+A checkpoint step directory holds two items:
+    state           {"step", "params", "opt_state"} (StandardSave): restored straight into the
+                    target shardings, so each host reads only its own shards;
+    input_position  a JSON dict, e.g. {"batches_consumed": 1200, "seed": 0}: what the input
+                    pipeline needs to produce the same next batches after a restart.
+
+Every process of a multi-host job must call the saving and restoring methods (orbax
+coordinates the hosts). Paths may be local or gs://; everything goes through etils.epath.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+from prottrans_jax.partitioning import path_to_name
+
+STATE = "state"
+INPUT_POSITION = "input_position"
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tree or shapes differ from the model being trained."""
+
+
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint step directory cannot be read."""
+
+
+def _first_line(error: BaseException, max_chars: int = 300) -> str:
+    """The cause in one short line (tensorstore appends a whole JSON spec to its errors)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].split(" [tensorstore_spec=")[0] if lines else ""
+    if len(text) > max_chars:
+        text = text[:max_chars] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
+def _as_path(directory: epath.PathLike) -> epath.Path:
+    """epath for gs:// and other URLs; absolute local paths (tensorstore requires them)."""
+    path = epath.Path(directory)
+    return path if "://" in str(directory) else path.expanduser().resolve()
+
+
+@gin.configurable
+class Checkpointer:
+    """Periodic, keep-N, asynchronous checkpoints in MODEL_DIR, restored into shardings.
+
+    Asynchronous saves return once the arrays are copied off the devices; the write finishes
+    in the background. `wait_until_finished()` (also called by `close()` and `restore()`)
+    must run before the process exits.
+    """
+
+    def __init__(self, directory: epath.PathLike, save_interval_steps: int = 1000,
+                 max_to_keep: int | None = 3, async_save: bool = True):
+        self.directory = _as_path(directory)
+        # Saves at multiples of the interval and at a multi-host preemption sync point; not
+        # orbax's default extra save at the first call (a costly surprise at XL scale).
+        policies = ocp.checkpoint_managers
+        save_policy = policies.AnySavePolicy([
+            policies.FixedIntervalPolicy(save_interval_steps),
+            policies.PreemptionCheckpointingPolicy(),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=save_policy,
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                           INPUT_POSITION: ocp.JsonCheckpointHandler()},
+        )
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> Sequence[int]:
+        return sorted(self._manager.all_steps())
+
+    def step_directory(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def _save(self, step: int, state: Any, input_position: Mapping[str, Any],
+              force: bool) -> bool:
+        try:
+            json.dumps(dict(input_position))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"input_position must be a JSON-serialisable dict: {error}") from None
+        args = ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state),
+            INPUT_POSITION: ocp.args.JsonSave(dict(input_position)),
+        })
+        return self._manager.save(int(step), args=args, force=force)
+
+    def maybe_save(self, step: int, state: Any, input_position: Mapping[str, Any]) -> bool:
+        """Saves if `step` is a multiple of save_interval_steps (or a preemption sync point
+        was reached on a multi-host TPU job); returns whether a save started."""
+        return self._save(step, state, input_position, force=False)
+
+    def save_now(self, step: int, state: Any, input_position: Mapping[str, Any],
+                 wait: bool = True) -> bool:
+        """Saves regardless of the interval: final step, SIGTERM, last good state before NaN.
+
+        A step that is already saved is left as it is. With `wait` (the default) the write
+        has finished when this returns, so the process may exit.
+        """
+        saved = False
+        if step not in self._manager.all_steps():
+            saved = self._save(step, state, input_position, force=True)
+        if wait:
+            self.wait_until_finished()
+        return saved
+
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def _saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        step_dir = self.step_directory(step)
+        try:
+            metadata = self._manager.item_metadata(step)[STATE]
+        except Exception as error:  # orbax raises many types for unreadable files.
+            raise CheckpointCorruptError(
+                f"checkpoint {step_dir} is corrupt or incomplete: {_first_line(error)}") from error
+        leaves = jax.tree_util.tree_flatten_with_path(metadata)[0] if metadata is not None else []
+        if not leaves:
+            raise CheckpointCorruptError(
+                f"checkpoint {step_dir} is corrupt or incomplete: no '{STATE}' metadata")
+        return {path_to_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+    def check_matches(self, abstract_state: Any, step: int) -> None:
+        """Raises CheckpointMismatchError naming the first key whose presence or shape differs."""
+        saved = self._saved_shapes(step)
+        wanted = {path_to_name(path): tuple(leaf.shape)
+                  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        # Parameters first: a model mismatch is best named by a parameter, not an optimizer
+        # statistic derived from it.
+        wanted = dict(sorted(wanted.items(), key=lambda item: not item[0].startswith("params/")))
+        problem = None
+        for name, shape in wanted.items():
+            if name not in saved:
+                problem = f"'{name}' (shape {shape}) is missing from the checkpoint"
+            elif saved[name] != shape:
+                problem = f"'{name}' has shape {saved[name]} in the checkpoint but {shape} in the model"
+            if problem:
+                break
+        if problem is None:
+            extra = [name for name in saved if name not in wanted]
+            if extra:
+                problem = f"the checkpoint has '{extra[0]}' (shape {saved[extra[0]]}) which the model lacks"
+        if problem:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.step_directory(step)} does not match the model being "
+                f"trained: {problem}; use another MODEL_DIR or the model config it was saved with")
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores (state, input_position) from `step` (default: the latest).
+
+        `abstract_state` is a tree of `jax.ShapeDtypeStruct(shape, dtype, sharding=...)`
+        (`Partitioner.abstract_train_state`): arrays come back in those shardings.
+        """
+        self.wait_until_finished()
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        self.check_matches(abstract_state, step)
+        args = ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract_state),
+            INPUT_POSITION: ocp.args.JsonRestore(),
+        })
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as error:
+            raise CheckpointCorruptError(
+                f"checkpoint {self.step_directory(step)} is corrupt or incomplete: "
+                f"{_first_line(error)}") from error
+        input_position = restored[INPUT_POSITION]
+        if input_position is None:
+            raise CheckpointCorruptError(
+                f"checkpoint {self.step_directory(step)} is corrupt or incomplete: "
+                f"no '{INPUT_POSITION}'")
+        return restored[STATE], dict(input_position)
+
+
+def _jax_preemption_service_active() -> bool:
+    """True when jax.distributed runs JAX's preemption service (TPU multi-host jobs).
+
+    The service installs its own SIGTERM handler and agrees on a common step across hosts;
+    jax 0.10 has no public query for it, hence the private module.
+    """
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
+    return (distributed.global_state.client is not None
+            and distributed.global_state.preemption_sync_manager is not None)
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM into a decision taken at a step boundary, the same on every host.
+
+    Call `should_stop(step)` once per step on every process; when it returns True, save with
+    `Checkpointer.save_now` and exit. Under JAX's preemption service (multi-host TPU) the
+    decision is its sync point; otherwise a SIGTERM handler sets a flag, shared across
+    processes with an all-gather when there are several.
+    """
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
+        self._received = threading.Event()
+        self._previous_handlers: dict[int, Any] = {}
+        self._use_jax_service = _jax_preemption_service_active()
+        if not self._use_jax_service and threading.current_thread() is threading.main_thread():
+            for signum in signals:
+                self._previous_handlers[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        logging.warning("received signal %d: will checkpoint and stop at the next step", signum)
+        self._received.set()
+
+    @property
+    def signal_received(self) -> bool:
+        return self._received.is_set()
+
+    def should_stop(self, step: int) -> bool:
+        if self._use_jax_service:
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        if jax.process_count() == 1:
+            return self.signal_received
+        flags = multihost_utils.process_allgather(np.asarray(self.signal_received))
+        return bool(np.any(flags))
+
+    def close(self) -> None:
+        """Puts the previous signal handlers back."""
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def __enter__(self) -> "PreemptionWatcher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
