@@ -78,12 +78,11 @@ class FastaStats:
                 "dropped": dict(sorted(self.dropped.items()))}
 
 
-def parse_fasta(lines: Iterable[str], path: str, first_line: int = 1
-                ) -> Iterator[FastaRecord | FastaProblem]:
+def parse_fasta(lines: Iterable[str], path: str) -> Iterator[FastaRecord | FastaProblem]:
     """Yields a FastaRecord per well-formed record and a FastaProblem per malformed one.
 
-    `lines` are text lines with or without their line ends; `first_line` is the number of the
-    first line (the Beam source starts mid-file). Each malformed record yields exactly one
+    `lines` are text lines with or without their line ends, numbered from 1 (the Beam source,
+    which starts mid-file, turns these into absolute numbers). Each malformed record yields one
     problem (the first found), and a run of sequence lines before the first header yields one,
     so records read = records yielded + problems yielded.
     """
@@ -118,7 +117,7 @@ def parse_fasta(lines: Iterable[str], path: str, first_line: int = 1
                                 header_line)
         return FastaRecord(record_id, description.strip(), sequence.upper(), path, header_line)
 
-    line_number = first_line - 1
+    line_number = 0
     for raw in lines:
         line_number += 1
         line = raw.rstrip("\r\n").rstrip(" \t")

@@ -71,7 +71,7 @@ def output_features(objective: str) -> dict[str, seqio.Feature]:
 
 
 def _preprocessors(objective: str) -> list:
-    common = [preprocessors.sequence_to_targets, seqio.preprocessors.tokenize]
+    common = [preprocessors.sequence_to_targets, preprocessors.tokenize]
     if objective == "prott5_denoise":
         return common + [preprocessors.random_crop, objectives.prott5_denoise,
                          seqio.preprocessors.append_eos_after_trim]

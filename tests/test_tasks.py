@@ -31,7 +31,8 @@ def batches(name, length=128, batch_size=4, seed=3, pack=True, count=5, split="t
 def test_tasks_are_registered_per_objective(corpus):
     for objective in OBJECTIVES:
         assert get_task(f"unit_{objective}").name == f"unit_{objective}"
-    import tasks  # the T5X MIXTURE_OR_TASK_MODULE convention: importing registers `sample`
+    import gin
+    gin.parse_config("import tasks")  # T5X's MIXTURE_OR_TASK_MODULE: a gin import registers `sample`
     assert get_task("sample_prott5_denoise").name == "sample_prott5_denoise"
 
 

@@ -10,9 +10,14 @@ from prottrans_jax.data.objectives import span_corruption_raw_length
 
 
 def sequence_to_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Builder record -> {"targets": "M K T ...", "id": ...}: objectives start from targets."""
-    return dataset.map(lambda ex: {"targets": ex["sequence"], "id": ex["id"]},
+    """Builder record -> {"targets": "M K T ..."}: every objective starts from the targets."""
+    return dataset.map(lambda ex: {"targets": ex["sequence"]},
                        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def tokenize(dataset: tf.data.Dataset, output_features) -> tf.data.Dataset:
+    """seqio's tokenizer without the "*_pretokenized" copies (packing would drop them)."""
+    return seqio.preprocessors.tokenize(dataset, output_features, copy_pretokenized=False)
 
 
 def _crop(tokens: tf.Tensor, max_length, seed) -> tf.Tensor:
