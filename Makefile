@@ -13,9 +13,16 @@ SAMPLE := data/sample/uniprot_sample.fasta.gz
 
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install demo test benchmark clean
+.PHONY: install system-deps demo test benchmark clean
 
 install: $(STAMP)
+
+# Debian tools the tests use (shellcheck for tpu_launch/); installed when running as root,
+# otherwise the tests that need them skip and say why.
+system-deps:
+	@command -v shellcheck >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	    && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) \
+	    || echo "shellcheck unavailable: its tests will skip"; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +36,7 @@ demo: install
 	$(PY) -m tasks.show_batches --corpus_dir $(DEMO_DIR)/corpus --corpus_name sample \
 	    --batch_size 2 --inputs_length 128
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q tests
 
 benchmark: install

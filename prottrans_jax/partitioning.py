@@ -315,12 +315,21 @@ class Partitioner:
             return {"step": jnp.zeros((), jnp.int32), "params": params,
                     "opt_state": optimizer.init(params)}
 
-        init_args = jax.tree.map(
-            lambda x: jax.device_put(x, self.replicated) if isinstance(x, jax.Array) else x,
-            init_args)
+        init_args = jax.tree.map(self._replicate, init_args)
         with self.context():
             state = jax.jit(init_fn, out_shardings=shardings)(*init_args)
         return state, shardings
+
+    def _replicate(self, x: Any) -> Any:
+        """A host value (the same on every process) placed on every device of the mesh."""
+        if not isinstance(x, jax.Array):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            # jax refuses to device_put a typed key onto other processes' devices: move its
+            # raw data and re-wrap it.
+            data = jax.device_put(jax.random.key_data(x), self.replicated)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(x, self.replicated)
 
     def batch_shardings(self, batch: Any) -> Any:
         """`data_sharding` for every array of a batch tree (leading dimension = examples)."""
