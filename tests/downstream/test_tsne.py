@@ -1,0 +1,70 @@
+"""t-SNE: token embeddings read from an HF-style directory, PNGs produced and non-trivial,
+domain of life from the NCBI taxonomy."""
+
+import numpy as np
+import pytest
+
+from prottrans_jax.downstream import taxonomy, tsne
+
+
+def _png_is_nontrivial(path, min_bytes=20_000):
+    import matplotlib.image
+
+    assert path.stat().st_size > min_bytes
+    pixels = matplotlib.image.imread(path)
+    assert pixels.std() > 0.05  # not a blank canvas
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50  # several colours
+
+
+def test_amino_acid_tsne_from_hf_directory(tmp_path):
+    from safetensors.numpy import save_file
+
+    vocab = ["<pad>", "</s>", "<unk>"] + [f"\u2581{a}" for a in tsne.AMINO_ACIDS] + ["\u2581X"]
+    matrix = np.random.default_rng(0).normal(size=(len(vocab), 16)).astype(np.float32)
+    save_file(
+        {"shared.weight": matrix, "encoder.block.0.w": np.zeros((2, 2), np.float32)},
+        str(tmp_path / "model.safetensors"),
+    )
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    rows, letters = tsne.load_token_embeddings(tmp_path)
+    np.testing.assert_array_equal(rows[0], matrix[3])  # '▁A' is row 3
+    assert letters[0] == "A" and rows.shape == (20, 16)
+    random = np.random.default_rng(1).normal(size=rows.shape)
+    path = tsne.plot_amino_acids(rows, random, "fake", tmp_path / "aa.png")
+    _png_is_nontrivial(path)
+
+
+def test_domain_of_life():
+    try:
+        tax = taxonomy.Taxonomy()
+    except FileNotFoundError:
+        pytest.skip("NCBI taxonomy (Debian emboss-data) not installed")
+    assert tax.domain(9606) == "eukaryota"  # human
+    assert tax.domain(562) == "bacteria"  # E. coli
+    assert tax.domain(2287) == "archaea"  # Saccharolobus solfataricus
+    assert tax.domain(10710) == "viruses"  # phage lambda
+    assert tax.domain(None) == "unknown"
+
+
+def test_protein_level_tsne_on_scope_subset(shared_data, tmp_path):
+    if not (taxonomy.DEFAULT_TAXONOMY_DIR / "nodes.dmp").is_file():
+        pytest.skip("NCBI taxonomy (Debian emboss-data) not installed")
+    scope = shared_data / "scope" / "astral-scopedom-seqres-gd-sel-gs-bib-40-2.07.fa"
+    tsne.main(
+        [
+            "--scope",
+            str(scope),
+            "--features",
+            "onehot",
+            "--max_proteins",
+            "300",
+            "--max_iter",
+            "250",
+            "--output",
+            str(tmp_path),
+            "--taxonomy_dir",
+            str(taxonomy.DEFAULT_TAXONOMY_DIR),
+        ]
+    )
+    _png_is_nontrivial(tmp_path / "tsne_amino_acids.png")
+    _png_is_nontrivial(tmp_path / "tsne_scope_proteins.png")

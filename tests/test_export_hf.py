@@ -1,0 +1,179 @@
+"""export_hf: ProtT5 tokenizer files, MODEL_DIR reading, and the HF -> ours -> HF round trip."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from prottrans_jax import export_hf
+from prottrans_jax.checkpoints import Checkpointer
+from prottrans_jax.convert.hf_io import load_hf_state_dict
+from prottrans_jax.convert.t5 import config_from_hf, hf_to_flax
+from prottrans_jax.models.t5 import T5, T5Config
+from prottrans_jax.vocab import prot_t5_vocabulary
+
+# ProtT5's shape in miniature: 128 ids, ReLU, untied lm_head, relative buckets as released.
+HF_TINY = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+               dropout_rate=0.0, decoder_start_token_id=0, feed_forward_proj="relu", tie_word_embeddings=False)
+
+
+def random_hf_model(seed: int = 0) -> transformers.T5ForConditionalGeneration:
+    """A random full ProtT5-like model; the untied lm_head gets its own random values."""
+    torch.manual_seed(seed)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**HF_TINY))
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    return model.eval()
+
+
+def save_hf_dir(model, path) -> str:
+    """A local HF directory as released: weights, config and ProtT5 tokenizer files."""
+    model.save_pretrained(path)
+    export_hf.write_tokenizer_files(str(path))
+    return str(path)
+
+
+def write_model_dir(path, state_dict: dict, step: int = 7) -> T5Config:
+    """A trainer-style MODEL_DIR: operative_config.gin binding T5Config, and an orbax
+    checkpoint whose `state` item holds step, params and an optimizer state."""
+    config = config_from_hf(HF_TINY, state_dict, dtype="float32")
+    params = jax.tree.map(jnp.asarray, hf_to_flax(state_dict, config))
+    os.makedirs(path, exist_ok=True)
+    lines = ["import prottrans_jax.models.t5", "import prottrans_jax.train",
+             "MODEL_DIR = 'somewhere'", "train.batch_size = 8"]  # other configurables are skipped
+    lines += [f"T5Config.{f.name} = {getattr(config, f.name)!r}" for f in dataclasses.fields(config)]
+    with open(os.path.join(path, "operative_config.gin"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    opt_state = {"mu": jax.tree.map(jnp.ones_like, params), "count": jnp.asarray(step)}
+    with Checkpointer(str(path), save_interval_steps=1, async_save=False) as checkpointer:
+        checkpointer.save_now(step, {"step": jnp.asarray(step), "params": params, "opt_state": opt_state},
+                              {"batches_consumed": step})
+    return config
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return random_hf_model()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, hf_model):
+    path = tmp_path_factory.mktemp("model_dir")
+    state_dict = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    write_model_dir(path, state_dict)
+    return str(path), state_dict
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+
+def test_written_tokenizer_loads_in_transformers_with_prott5_ids(tmp_path):
+    export_hf.write_tokenizer_files(str(tmp_path))
+    tokenizer = transformers.T5Tokenizer.from_pretrained(str(tmp_path))
+    vocabulary = prot_t5_vocabulary()
+    by_id = {i: piece for piece, i in tokenizer.get_vocab().items()}
+    assert [by_id[i] for i in range(128)] == list(vocabulary.pieces)
+    assert tokenizer("M K T A").input_ids == vocabulary.encode("M K T A") + [vocabulary.eos_id]
+    assert tokenizer("M K T A").input_ids == [19, 14, 11, 3, 1]
+    assert tokenizer.convert_tokens_to_ids("<extra_id_0>") == 127
+    assert export_hf.tokenizer_table(str(tmp_path)) == list(vocabulary.pieces)
+    export_hf.check_tokenizer_files(str(tmp_path))  # agrees with the built-in table
+
+
+def test_tokenizer_json_is_read_when_there_is_no_spiece_model(tmp_path):
+    export_hf.write_tokenizer_files(str(tmp_path / "sp"))
+    tokenizer = transformers.T5Tokenizer.from_pretrained(str(tmp_path / "sp"))
+    tokenizer.save_pretrained(str(tmp_path / "fast"))
+    if os.path.exists(tmp_path / "fast" / "spiece.model"):
+        os.remove(tmp_path / "fast" / "spiece.model")
+    assert os.path.exists(tmp_path / "fast" / "tokenizer.json")
+    assert export_hf.tokenizer_table(str(tmp_path / "fast")) == list(prot_t5_vocabulary().pieces)
+
+
+def test_a_tokenizer_with_another_table_is_refused(tmp_path):
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    export_hf.write_tokenizer_files(str(tmp_path))
+    model = sp_pb2.ModelProto()
+    with open(tmp_path / "spiece.model", "rb") as f:
+        model.ParseFromString(f.read())
+    model.pieces[3].piece, model.pieces[4].piece = model.pieces[4].piece, model.pieces[3].piece
+    with open(tmp_path / "spiece.model", "wb") as f:
+        f.write(model.SerializeToString())
+    with pytest.raises(ValueError, match=r"at id 3: '▁L' there, '▁A'"):
+        export_hf.check_tokenizer_files(str(tmp_path))
+    os.remove(tmp_path / "spiece.model")
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        export_hf.check_tokenizer_files(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------ MODEL_DIR
+
+
+def test_model_dir_config_and_params_only(model_dir):
+    path, state_dict = model_dir
+    config = export_hf.config_from_model_dir(path)
+    assert config == config_from_hf(HF_TINY, state_dict, dtype="float32")
+    params, step = export_hf.restore_params(path, config, encoder_only=True)
+    assert step == 7 and set(params) == {"token_embedder", "encoder"}
+    np.testing.assert_array_equal(np.asarray(params["token_embedder"]["embedding"]), state_dict["shared.weight"])
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def test_export_round_trip_is_exact_and_transformers_matches_our_encoder(model_dir, tmp_path, hf_model):
+    path, state_dict = model_dir
+    out = str(tmp_path / "hf")
+    assert export_hf.main(["--model_dir", path, "--output", out]) == 0
+    assert {"config.json", "model.safetensors", "spiece.model", "tokenizer_config.json",
+            "special_tokens_map.json"} <= set(os.listdir(out))
+    exported = load_hf_state_dict(out)
+    aliases = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+    assert set(exported) == set(state_dict) - aliases
+    for key, value in exported.items():  # HF -> ours -> HF: bit for bit
+        np.testing.assert_array_equal(value, state_dict[key], err_msg=key)
+
+    tokenizer = transformers.T5Tokenizer.from_pretrained(out)
+    batch = tokenizer(["M K T A Y I A K Q R", "G S H M"], padding=True, return_tensors="pt")
+    encoder = transformers.T5EncoderModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        theirs = encoder(**batch).last_hidden_state.numpy()
+    config = export_hf.config_from_model_dir(path)
+    params, _ = export_hf.restore_params(path, config, encoder_only=True)
+    ours = np.asarray(T5(config).apply({"params": params}, jnp.asarray(batch.input_ids.numpy()), method=T5.encode))
+    valid = batch.attention_mask.numpy().astype(bool)
+    np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # and the full model equals the one it came from
+        ids = batch.input_ids
+        a = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()(input_ids=ids, labels=ids).logits
+        b = hf_model(input_ids=ids, labels=ids).logits
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_only_export_is_a_t5_encoder_model(model_dir, tmp_path):
+    path, state_dict = model_dir
+    out = str(tmp_path / "enc")
+    assert export_hf.main(["--model_dir", path, "--output", out, "--encoder_only"]) == 0
+    exported = load_hf_state_dict(out)
+    assert not any(k.startswith("decoder.") or k == "lm_head.weight" for k in exported)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["architectures"] == ["T5EncoderModel"]
+    transformers.T5EncoderModel.from_pretrained(out)  # loads without missing keys
+    assert export_hf.main(["--model_dir", path, "--output", out, "--encoder_only"]) == 1  # no silent overwrite
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert export_hf.main(["--model_dir", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model directory") and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.gin").write_text("import prottrans_jax.models.t5\nT5Config.d_model = 32\n")
+    assert export_hf.main(["--model_dir", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no checkpoint in") and err.count("\n") == 1

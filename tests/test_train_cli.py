@@ -1,0 +1,184 @@
+"""The gin entry point end to end: exact resume, overfitting real proteins, one-line errors,
+dry runs, and SIGTERM on the real command line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import tasks
+from prottrans_jax import checkpoints
+from prottrans_jax import train as train_lib
+from tests.test_trainer import short_protein_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
+SMALLER = ["--gin.T5Config.d_model=32", "--gin.T5Config.head_dim=8", "--gin.T5Config.d_ff=64",
+           "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = short_protein_corpus(tmp_path_factory)
+    tasks.register_corpus("short", path)
+    return path
+
+
+def flags(model_dir, steps, *extra):
+    return [GIN, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
+            "--gin.MIXTURE_OR_TASK_NAME='short_prott5_denoise'", "--gin.BATCH_SIZE=8",
+            "--gin.INPUTS_LENGTH=64", "--gin.train.eval_split='train'",
+            "--gin.train.eval_interval=None", "--gin.train.log_every=2", *extra]
+
+
+def run_ok(argv):
+    code, result = train_lib.run(argv)
+    assert code == 0
+    return result
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+@pytest.fixture(scope="module")
+def straight_run(corpus, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("straight")
+    return model_dir, run_ok(flags(model_dir, 6, *SMALLER))
+
+
+@pytest.mark.slow
+def test_stop_and_resume_equals_an_uninterrupted_run(straight_run, tmp_path, monkeypatch):
+    _, straight = straight_run
+    with monkeypatch.context() as patch:  # a preemption after step 3
+        patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
+        first = run_ok(flags(tmp_path, 6, *SMALLER))
+    assert first["preempted"] and first["step"] == 3
+    assert checkpoints.Checkpointer(tmp_path).all_steps() == [3]
+    resumed = run_ok(flags(tmp_path, 6, *SMALLER))
+    assert resumed["step"] == 6 and int(resumed["state"]["step"]) == 6
+    assert_trees_equal(resumed["state"], straight["state"])  # params, optimizer state: bit-identical
+    assert (tmp_path / "operative_config.gin").read_text().count("T5Config.d_model = 32") == 1
+    assert "TOTAL" in (tmp_path / "shardings.txt").read_text()
+
+
+def test_resumed_input_stream_continues_where_it_stopped(corpus):
+    lengths = {"inputs": 64, "targets": 64}
+    straight = train_lib.train_batches("short_prott5_denoise", lengths, 4, seed=5)
+    expected = [next(straight) for _ in range(7)][4:]  # crosses an epoch boundary
+    resumed = train_lib.train_batches("short_prott5_denoise", lengths, 4, seed=5, start=4)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    other_seed = next(train_lib.train_batches("short_prott5_denoise", lengths, 4, seed=6, start=4))
+    assert not np.array_equal(other_seed["encoder_input_tokens"], expected[0]["encoder_input_tokens"])
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_32_real_proteins(corpus, tmp_path):
+    result = run_ok(flags(tmp_path, 300, "--gin.train.eval_interval=300",
+                          "--gin.train.log_every=100", "--gin.T5Config.dropout_rate=0.0"))
+    before, after = result["eval"][0], result["eval"][-1]
+    assert before["masked_accuracy"] < 0.2
+    assert after["masked_accuracy"] > 0.9, after
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("binding, named", [("--gin.train.bogus_setting=1", "bogus_setting"),
+                                            ("--gin.NoSuchConfigurable.x=1", "NoSuchConfigurable")])
+def test_unknown_gin_binding_is_one_line_naming_the_key(binding, named, tmp_path, capsys):
+    assert train_lib.run(flags(tmp_path, 2, binding))[0] == 1
+    assert named in one_line_error(capsys)
+
+
+def test_missing_task_names_it_and_the_registered_ones(corpus, tmp_path, capsys):
+    code, _ = train_lib.run(flags(tmp_path, 2, "--gin.MIXTURE_OR_TASK_NAME='nope_prott5_denoise'"))
+    line = one_line_error(capsys)
+    assert code == 1 and "'nope_prott5_denoise'" in line and "short_prott5_denoise" in line
+
+
+def test_missing_corpus_is_one_line(tmp_path, capsys):
+    tasks.register_corpus("ghost", tmp_path / "not_built", ("prott5_denoise",))
+    code, _ = train_lib.run(flags(tmp_path / "model", 2, *SMALLER,
+                                  "--gin.MIXTURE_OR_TASK_NAME='ghost_prott5_denoise'"))
+    assert code == 1 and "no built corpus here" in one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_another_models_checkpoint_in_model_dir_is_refused(straight_run, capsys):
+    model_dir, _ = straight_run
+    code, _ = train_lib.run(flags(model_dir, 8, *SMALLER, "--gin.T5Config.d_model=48"))
+    line = one_line_error(capsys)
+    assert code == 1 and "does not match the model being trained" in line and "48" in line
+
+
+def test_dry_run_reports_memory_and_enforces_the_budget(corpus, tmp_path, capsys):
+    code, result = train_lib.run(flags(tmp_path, 2, "--gin.train.dry_run=True"))
+    assert code == 0 and result["num_params"] == 246_784
+    out = capsys.readouterr().out
+    assert "per device: params" in out and "TOTAL" in out
+    assert not (tmp_path / "config.gin").exists()  # nothing written, nothing compiled
+    code, _ = train_lib.run(flags(tmp_path, 2, "--gin.train.dry_run=True",
+                                  "--gin.train.hbm_budget_gib=1e-6"))
+    assert code == 1 and "over the 1e-06 GiB budget" in one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_state(corpus, tmp_path,
+                                                                            capsys):
+    # An infinite z-loss weight makes the very first loss non-finite.
+    code, result = train_lib.run(flags(tmp_path, 4, *SMALLER,
+                                       "--gin.EncoderDecoderModel.z_loss=1e999"))
+    assert code == 1 and result["halted"] and result["step"] == 0
+    assert "non-finite loss or gradient at step 1" in one_line_error(capsys)
+    assert checkpoints.Checkpointer(tmp_path).all_steps() == [0]
+
+
+@pytest.mark.slow
+def test_command_line_sigterm_checkpoints_and_exits_cleanly(corpus, tmp_path):
+    env = {**os.environ, "PROTTRANS_SAMPLE_CORPUS_DIR": str(corpus), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    argv = [sys.executable, "-m", "prottrans_jax.train", GIN, f"--gin.MODEL_DIR='{tmp_path}'",
+            "--gin.TRAIN_STEPS=100000", "--gin.BATCH_SIZE=8", "--gin.INPUTS_LENGTH=64",
+            "--gin.train.eval_interval=None", "--gin.train.log_every=50", *SMALLER]
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("step 50/") or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    lines.append(output)
+    text = "".join(lines)
+    assert process.returncode == 0, text
+    assert "stop requested: checkpoint saved at step" in text
+    steps = checkpoints.Checkpointer(tmp_path).all_steps()
+    assert len(steps) == 1 and 50 <= steps[0] < 100000
+    for name in ("config.gin", "operative_config.gin", "shardings.txt"):
+        assert (tmp_path / name).exists()
+    assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+    assert "step 50/100000  loss" in text
+
+
+def test_command_line_bad_binding_exits_1(tmp_path):
+    process = subprocess.run([sys.executable, "-m", "prottrans_jax.train", GIN,
+                              "--gin.train.not_a_parameter=3"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode == 1
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not_a_parameter" in errors[0]

@@ -1,0 +1,197 @@
+"""Train step on meshes vs one device, microbatches, NaN guard, metrics, FLOPs, overfitting.
+
+Needs 8 CPU devices (tests/conftest.py sets XLA_FLAGS before jax is imported).
+"""
+
+import dataclasses
+import gzip
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from prottrans_jax import partitioning
+from prottrans_jax.fasta import read_fasta
+from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
+from prottrans_jax.models.t5 import T5Config
+from prottrans_jax.trainer import Trainer, peak_flops_per_device, summarize
+from tests.test_tfrecords_builder import SAMPLE, run_build
+
+# Tiny T5 (both stacks, relative bias, packing, dropout) that compiles in a few seconds.
+TINY = T5Config(vocab_size=128, d_model=32, num_heads=4, head_dim=8, d_ff=64,
+                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1, dtype="float32",
+                tie_word_embeddings=False, scale_decoder_outputs=True)
+
+
+def short_protein_corpus(tmp_path_factory, count=32, max_length=50):
+    """A corpus of the first `count` real sample proteins shorter than max_length residues,
+    all in the train split; built once per test session (shared with test_train_cli)."""
+    root = tmp_path_factory.getbasetemp() / f"short_proteins_{count}_{max_length}"
+    if not (root / "corpus" / "stats.json").exists():
+        root.mkdir(exist_ok=True)
+        records = [r for r in read_fasta(SAMPLE) if len(r.sequence) < max_length][:count]
+        assert len(records) == count
+        with gzip.open(root / "short.fasta.gz", "wt") as handle:
+            for r in records:
+                handle.write(f">{r.id}\n{r.sequence}\n")
+        run_build([root / "short.fasta.gz"], root / "corpus", num_shards=1,
+                  validation_fraction=0.0)
+    return root / "corpus"
+
+
+def packed_batch(seed=0, rows=8, length=24):
+    """A ProtT5-denoiser-shaped packed batch: two segments per row, 15% sentinels."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(3, 28, (rows, length)).astype(np.int32)
+    segments = np.ones((rows, length), np.int32)
+    segments[:, length // 2:] = 2
+    segments[:, -3:] = 0
+    positions = np.concatenate([np.arange(length // 2), np.arange(length - length // 2)])
+    positions = np.tile(positions, (rows, 1)).astype(np.int32) * (segments > 0)
+    targets = targets * (segments > 0)
+    inputs = np.where(rng.random((rows, length)) < 0.15, 127, targets) * (segments > 0)
+    decoder_inputs = np.roll(targets, 1, axis=1) * (positions > 0)
+    return {"encoder_input_tokens": inputs, "encoder_segment_ids": segments,
+            "encoder_positions": positions, "decoder_input_tokens": decoder_inputs,
+            "decoder_target_tokens": targets, "decoder_loss_weights": (segments > 0).astype(np.int32),
+            "decoder_segment_ids": segments, "decoder_positions": positions}
+
+
+def one_step(partitioner, model, batch, num_microbatches=1, params=None):
+    """Params before and after one train step, and the step's summarised metrics.
+
+    SGD with learning rate 1: new params = old - grads, so comparing the updates compares
+    gradients. `params` (host arrays) replaces the sharded init, saving a compile per mesh.
+    """
+    trainer = Trainer(model, optax.sgd(1.0), partitioner, num_microbatches, seed=0)
+    if params is None:
+        state = trainer.init_state()
+    else:
+        state = trainer.with_halted(jax.device_put(
+            {"step": np.zeros((), np.int32), "params": params, "opt_state": trainer.optimizer.init(params)},
+            trainer.checkpoint_shardings))
+    before = jax.device_get(state["params"])
+    with partitioner.context():
+        state, metrics = trainer.train_step(state, partitioner.host_local_batch_to_global(batch),
+                                            trainer.new_metrics())
+    return before, jax.device_get(state["params"]), summarize(metrics)
+
+
+@pytest.mark.slow
+def test_train_step_on_meshes_and_rule_sets_equals_one_device():
+    model = EncoderDecoderModel(TINY, masked_positions="sentinel_inputs")
+    batch = packed_batch()
+    single = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
+    before, after, metrics = one_step(single, model, batch)
+    grads = jax.tree.map(lambda a, b: a - b, before, after)
+    assert metrics["loss"] > 1.0 and optax.global_norm(grads) > 1e-3
+    for mesh_shape in [(4, 2), (8, 1)]:
+        for name, rules in partitioning.RULE_SETS.items():
+            partitioner = partitioning.Partitioner(mesh_shape=mesh_shape, logical_axis_rules=rules)
+            _, got_after, got_metrics = one_step(partitioner, model, batch, params=before)
+            where = f"{mesh_shape} {name}"
+            np.testing.assert_allclose(got_metrics["loss"], metrics["loss"], rtol=1e-5, err_msg=where)
+            np.testing.assert_allclose(got_metrics["grad_norm"], metrics["grad_norm"], rtol=1e-5,
+                                       err_msg=where)
+            jax.tree.map(lambda a, b, w=where: np.testing.assert_allclose(a, b, atol=1e-5, err_msg=w),
+                         jax.tree.map(lambda a, b: a - b, before, got_after), grads)
+
+
+def test_microbatches_give_the_full_batch_gradient():
+    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0),
+                                masked_positions="sentinel_inputs")
+    batch = packed_batch(1)
+    partitioner = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
+    before, full, m1 = one_step(partitioner, model, batch)
+    _, micro, m4 = one_step(partitioner, model, batch, num_microbatches=4, params=before)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
+    assert m4["target_tokens"] == m1["target_tokens"] == np.sum(batch["decoder_loss_weights"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), micro, full)
+
+
+class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("w", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (4,))
+        return x @ w
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyModel:
+    """The trainer's model interface in a few lines: the loss is finite unless x is."""
+
+    def init_params(self, rng):
+        return Toy().init(rng, jnp.zeros((1, 4)))["params"]
+
+    def loss_and_metrics(self, params, batch, rng, train):
+        y = Toy().apply({"params": params}, batch["x"])
+        ones = jnp.asarray(batch["x"].shape[0], jnp.float32)
+        aux = {"weight_sum": ones, "correct": ones, "masked_correct": ones / 2,
+               "masked_count": ones, "z_loss": 0.0 * ones, "num_sequences": ones}
+        return jnp.sum(jnp.square(y - 1.0)), aux
+
+
+def test_non_finite_loss_leaves_the_state_untouched_and_halts_for_good():
+    partitioner = partitioning.Partitioner(mesh_shape=(8, 1))
+    trainer = Trainer(ToyModel(), optax.sgd(0.01), partitioner)
+    state = trainer.init_state()
+    good = {"x": np.full((8, 4), 0.5, np.float32)}
+    bad = {"x": np.full((8, 4), np.inf, np.float32)}
+    metrics = trainer.new_metrics()
+    with partitioner.context():
+        for _ in range(3):
+            state, metrics = trainer.train_step(state, partitioner.host_local_batch_to_global(good),
+                                                metrics)
+        last_good = jax.device_get(trainer.checkpointed(state))
+        assert not trainer.halted(state)
+        for batch in (bad, good, good):  # halted is sticky: later good batches change nothing
+            state, metrics = trainer.train_step(state, partitioner.host_local_batch_to_global(batch),
+                                                metrics)
+    assert trainer.halted(state)
+    assert int(state["step"]) == 3
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.checkpointed(state)),
+                 last_good)
+    summary = summarize(metrics)
+    assert summary["steps"] == 3 and np.isfinite(summary["loss"])
+    assert summary["masked_accuracy"] == 0.5 and summary["accuracy"] == 1.0
+
+
+def test_masked_positions_per_objective():
+    batch = packed_batch(2)
+    model = EncoderDecoderModel(TINY)
+    aligned = model.for_task("x_prott5_denoise").masked_weights(batch)
+    np.testing.assert_array_equal(aligned, (batch["encoder_input_tokens"] >= 28)
+                                  * batch["decoder_loss_weights"])
+    spans = {**batch, "decoder_target_tokens": np.array([[127, 5, 6, 126, 9, 1, 0, 0]] * 8),
+             "decoder_loss_weights": np.array([[1, 1, 1, 1, 1, 1, 0, 0]] * 8)}
+    residues = model.for_task("x_t5_span_corruption").masked_weights(spans)
+    np.testing.assert_array_equal(residues[0], [0, 1, 1, 0, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="for_task"):
+        model.masked_weights(batch)
+
+
+def test_flops_count_matches_hand_formula():
+    cfg = T5Config(vocab_size=128, d_model=16, num_heads=2, head_dim=4, d_ff=32,
+                   num_encoder_layers=1, num_decoder_layers=1, tie_word_embeddings=False,
+                   scale_decoder_outputs=True)
+    enc, dec, cross_kv = EncoderDecoderModel(cfg).matmul_params
+    d, a, f, v = 16, 8, 32, 128
+    assert enc == 4 * d * a + 2 * d * f                         # q k v o + wi wo
+    assert cross_kv == 2 * d * a
+    assert dec == 4 * d * a + 2 * d * a + 2 * d * f + d * v    # self, cross q/o, mlp, logits
+    batch = {"encoder_input_tokens": np.zeros((3, 10)), "decoder_target_tokens": np.zeros((3, 6))}
+    flops = EncoderDecoderModel(cfg).flops_per_batch(batch)
+    want = 3 * (6 * (enc * 10 + dec * 6 + cross_kv * 10) + 12 * a * (100 + 36 + 60))
+    assert flops == want
+
+
+def test_peak_flops_lookup():
+    device = lambda kind: type("D", (), {"device_kind": kind})()  # noqa: E731
+    assert peak_flops_per_device(device("TPU v4")) == 275e12
+    assert peak_flops_per_device(device("TPU v5 lite")) == 197e12
+    assert peak_flops_per_device(device("TPU v5p")) == 459e12
+    assert peak_flops_per_device(device("NVIDIA H100 80GB HBM3")) == 989e12
+    assert peak_flops_per_device(device("cpu")) is None
