@@ -157,6 +157,18 @@ def _read_text(path):
 # Secondary structure.
 
 
+def _csv_rows(reader, path, num_columns):
+    """(line number, "FILE:LINE", row) for the data rows after the header; blank rows are
+    skipped, a row with the wrong number of fields is an error."""
+    for line_number, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        where = f"{path}:{line_number}"
+        if len(row) != num_columns:
+            raise DatasetError(f"{where}: {len(row)} fields, expected {num_columns}")
+        yield line_number, where, row
+
+
 def load_netsurfp_csv(path, name=None):
     """Reads the NetSurfP-2.0 CSV layout (CB513_HHblits.csv, TS115, CASP12, NEW364)."""
     path = Path(path)
@@ -168,12 +180,7 @@ def load_netsurfp_csv(path, name=None):
     columns = [h.strip() for h in header]
     mask_column = "cb513_mask" if "cb513_mask" in columns else None
     ids, sequences, ss3, ss8, masks = [], [], [], [], []
-    for line_number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        where = f"{path}:{line_number}"
-        if len(row) != len(columns):
-            raise DatasetError(f"{where}: {len(row)} fields, expected {len(columns)}")
+    for line_number, where, row in _csv_rows(reader, path, len(columns)):
         fields = dict(zip(columns, (f.split() for f in row)))
         sequence = clean_sequence("".join(fields["input"]), where)
         n = len(sequence)
@@ -349,12 +356,7 @@ def load_localisation_csv(path, name=None):
     }
     counts = {"loaded": 0, "membrane_unknown": 0}
     ids, sequences, locations, membranes = [], [], [], []
-    for line_number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        where = f"{path}:{line_number}"
-        if len(row) != len(header):
-            raise DatasetError(f"{where}: {len(row)} fields, expected {len(header)}")
+    for line_number, where, row in _csv_rows(reader, path, len(header)):
         fields = dict(zip(header, (f.strip() for f in row)))
         membrane = fields["membrane"].lower()
         if membrane not in aliases:
