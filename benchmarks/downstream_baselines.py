@@ -22,18 +22,31 @@ from pathlib import Path
 from prottrans_jax.downstream import evaluate
 
 # name -> evaluate flags (besides --data_dir/--report/--cache_dir).
-SECONDARY_STRUCTURE = ["--benchmark", "secondary_structure", "--max_epochs", "10", "--patience", "2"]
+SECONDARY_STRUCTURE = [
+    "--benchmark",
+    "secondary_structure",
+    "--max_epochs",
+    "10",
+    "--patience",
+    "2",
+]
 LOCALISATION = ["--benchmark", "localisation"]
 CONFIGS = {
     "onehot_ss": SECONDARY_STRUCTURE + ["--features", "onehot"],
     "onehot_loc": LOCALISATION + ["--features", "onehot"],
     # UniRep on 2 CPU cores: secondary structure on a random 1,500 of the 9,712 training chains,
     # DeepLoc only (SCL2205 reuses DeepLoc ids with other sequences: one feature cache each).
-    **{f"unirep{size}_ss": SECONDARY_STRUCTURE + ["--features", f"unirep{size}", "--max_train", "1500"]
-       for size in (64, 256)},
-    **{f"unirep{size}_loc": LOCALISATION + ["--features", f"unirep{size}", "--skip_scl2205"]
-       for size in (64, 256)},
-    "unirep1900_ss": SECONDARY_STRUCTURE + ["--features", "unirep1900", "--only_cv", "--cv_folds", "5"],
+    **{
+        f"unirep{size}_ss": SECONDARY_STRUCTURE
+        + ["--features", f"unirep{size}", "--max_train", "1500"]
+        for size in (64, 256)
+    },
+    **{
+        f"unirep{size}_loc": LOCALISATION + ["--features", f"unirep{size}", "--skip_scl2205"]
+        for size in (64, 256)
+    },
+    "unirep1900_ss": SECONDARY_STRUCTURE
+    + ["--features", "unirep1900", "--only_cv", "--cv_folds", "5"],
 }
 
 
