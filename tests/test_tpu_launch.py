@@ -188,13 +188,19 @@ def _executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def test_resume_loop_restarts_after_preemption_until_the_job_finishes(tmp_path):
+def _fake_worker(tmp_path: Path, trainer_script: str) -> tuple[Path, Path]:
+    """A fake `gcloud` on PATH and a worker home whose venv python runs `trainer_script`."""
     bin_dir, home = tmp_path / "bin", tmp_path / "worker_home"
     bin_dir.mkdir()
     (home / "prottrans-jax").mkdir(parents=True)
     (home / "prottrans-venv" / "bin").mkdir(parents=True)
     _executable(bin_dir / "gcloud", FAKE_GCLOUD)
-    _executable(home / "prottrans-venv" / "bin" / "python", FAKE_TRAINER)
+    _executable(home / "prottrans-venv" / "bin" / "python", trainer_script)
+    return bin_dir, home
+
+
+def test_resume_loop_restarts_after_preemption_until_the_job_finishes(tmp_path):
+    bin_dir, home = _fake_worker(tmp_path, FAKE_TRAINER)
     gcloud_log, states = tmp_path / "gcloud.jsonl", tmp_path / "states"
     # After the first (preempted) run the spot slice is found SUSPENDED: it must be deleted,
     # created again, waited for (ACTIVE) and set up before the second run.
@@ -228,12 +234,7 @@ def test_resume_loop_restarts_after_preemption_until_the_job_finishes(tmp_path):
 
 
 def test_resume_loop_gives_up_after_max_restarts(tmp_path):
-    bin_dir, home = tmp_path / "bin", tmp_path / "worker_home"
-    bin_dir.mkdir()
-    (home / "prottrans-jax").mkdir(parents=True)
-    (home / "prottrans-venv" / "bin").mkdir(parents=True)
-    _executable(bin_dir / "gcloud", FAKE_GCLOUD)
-    _executable(home / "prottrans-venv" / "bin" / "python", "#!/bin/sh\nexit 3\n")
+    bin_dir, home = _fake_worker(tmp_path, "#!/bin/sh\nexit 3\n")
     (tmp_path / "states").write_text("")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home),
            "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
