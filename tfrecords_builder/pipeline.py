@@ -14,6 +14,7 @@ import json
 from typing import Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from prottrans_jax.fasta import DUPLICATE_ID
 from prottrans_jax.vocab import RARE_TO_X, normalize_sequence, space_separate
@@ -144,7 +145,6 @@ class WriteShard(beam.DoFn):
 
 def write_text_layout(path: str, spaced_sequences: list[str]) -> None:
     """The paper's text layout: one protein per line, a blank line between proteins."""
-    from apache_beam.io.filesystems import FileSystems
     with FileSystems.create(path, mime_type="text/plain") as handle:
         handle.write("".join(f"{s}\n\n" for s in spaced_sequences).encode())
 
