@@ -107,7 +107,7 @@ def load_model(model_dir: str | None = None, hf_model: str | None = None, dtype:
     """The encoder's config and parameters (cast to `dtype`) from a MODEL_DIR or an HF directory."""
     import jax
 
-    from prottrans_jax import export_hf
+    from prottrans_jax import export_hf, model_dir as model_dir_lib
 
     if (model_dir is None) == (hf_model is None):
         raise ValueError("give exactly one of model_dir / hf_model")
@@ -115,8 +115,8 @@ def load_model(model_dir: str | None = None, hf_model: str | None = None, dtype:
 
     overrides = dict(dtype=dtype, param_dtype=dtype, dropout_rate=0.0, remat_policy="none")
     if model_dir is not None:
-        config = export_hf.config_from_model_dir(model_dir, **overrides)
-        params, _ = export_hf.restore_params(model_dir, config, encoder_only=True, sharding=sharding)
+        config = model_dir_lib.config_from_model_dir(model_dir, **overrides)
+        params, _ = model_dir_lib.restore_params(model_dir, config, encoder_only=True, sharding=sharding)
         source = model_dir
     else:
         from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict

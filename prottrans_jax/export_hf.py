@@ -9,11 +9,9 @@ Writes `config.json`, `model.safetensors` and the tokenizer files (`spiece.model
 `T5Tokenizer.from_pretrained(output)` load it with no network. `--encoder_only` writes a
 `T5EncoderModel` directory like the released `prot_t5_xl_half_uniref50-enc`.
 
-This module also holds what both this command and `prottrans_jax.embed` need:
-- reading a MODEL_DIR: the T5Config from the stored operative config (gin), and only the
-  parameters of a checkpoint (an orbax partial restore: the optimizer state is never read);
-- ProtT5's tokenizer files: writing them, and checking that a released model's files agree
-  with the built-in id table (`prottrans_jax.vocab.prot_t5_vocabulary`).
+The MODEL_DIR is read by `prottrans_jax.model_dir`. This module also holds ProtT5's tokenizer
+files, which `prottrans_jax.embed` needs too: writing them, and checking that a released
+model's files agree with the built-in id table (`prottrans_jax.vocab.prot_t5_vocabulary`).
 """
 
 from __future__ import annotations
@@ -22,7 +20,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
+
+from prottrans_jax.model_dir import config_from_model_dir, first_line, restore_params
 
 # The T5 convention, as the released ProtT5 tokenizers: the SentencePiece model holds the 28
 # pieces <pad> </s> <unk> and the 25 residues; T5Tokenizer appends `extra_ids` sentinels at
@@ -31,89 +31,6 @@ SPIECE = "spiece.model"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-CONFIG_GIN_NAMES = ("operative_config.gin", "config.gin")
-
-
-# ------------------------------------------------------------------------ reading a MODEL_DIR
-
-
-def config_from_model_dir(model_dir: str, **overrides: Any):
-    """The T5Config a trainer run used, from MODEL_DIR's operative_config.gin (or config.gin).
-
-    The operative config holds the values actually used; config.gin (written at start) is the
-    fallback for a run stopped before its first step. Bindings of other configurables (the
-    trainer's, the optimizer's) are skipped.
-    """
-    import dataclasses
-
-    from prottrans_jax.models.gin_utils import config_from_gin
-    from prottrans_jax.models.t5 import T5Config
-
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    for name in CONFIG_GIN_NAMES:
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path):
-            try:
-                config = config_from_gin(T5Config, [path], skip_unknown=True)
-            except Exception as err:  # gin raises ValueError, SyntaxError, ImportError...
-                raise ValueError(f"cannot read the model config from {path}: {_first_line(err)}") from None
-            return dataclasses.replace(config, **overrides)
-    raise FileNotFoundError(f"{model_dir} is not a trainer MODEL_DIR: no {' or '.join(CONFIG_GIN_NAMES)}")
-
-
-def latest_step(model_dir: str) -> int:
-    """The newest finished checkpoint step in MODEL_DIR (orbax ignores unfinished ones)."""
-    from prottrans_jax.checkpoints import Checkpointer
-
-    checkpointer = Checkpointer(model_dir, async_save=False)
-    try:
-        step = checkpointer.latest_step()
-    finally:
-        checkpointer.close()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {model_dir}")
-    return int(step)
-
-
-def restore_params(model_dir: str, config, step: int | None = None, encoder_only: bool = True,
-                   sharding=None) -> tuple[dict, int]:
-    """(params, step): only the parameters of a checkpoint, as config.param_dtype arrays.
-
-    encoder_only reads just `token_embedder` and `encoder` (all `T5.encode` needs). Orbax's
-    partial restore reads the requested subtree of the `state` item and nothing else, so the
-    optimizer state (2x the parameters for Adam) is never allocated.
-    """
-    import flax.linen as nn
-    import jax
-    import orbax.checkpoint as ocp
-
-    from prottrans_jax.checkpoints import STATE
-    from prottrans_jax.models.t5 import abstract_variables
-
-    step = latest_step(model_dir) if step is None else int(step)
-    state_dir = os.path.join(os.path.abspath(model_dir), str(step), STATE)
-    if not os.path.isdir(state_dir):
-        raise FileNotFoundError(f"no checkpoint state at {state_dir}")
-    abstract = nn.unbox(abstract_variables(config, encoder_only=encoder_only))["params"]
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    item = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
-    except Exception as err:  # orbax and tensorstore raise many types
-        raise ValueError(f"cannot restore the parameters from {state_dir} with the stored model config "
-                         f"(d_model={config.d_model}, layers={config.num_encoder_layers}): {_first_line(err)}") from None
-    params = restored["params"]
-    for path, leaf in jax.tree_util.tree_flatten_with_path(item["params"])[0]:
-        got = params
-        for key in path:
-            got = got[key.key]
-        if tuple(got.shape) != tuple(leaf.shape):
-            raise ValueError(f"checkpoint {state_dir}: parameter {jax.tree_util.keystr(path)} has shape "
-                             f"{tuple(got.shape)}, the stored model config expects {tuple(leaf.shape)}")
-    return params, step
 
 
 # ------------------------------------------------------------------------ tokenizer files
@@ -173,7 +90,7 @@ def tokenizer_table(model_dir: str) -> list[str]:
         try:
             processor = spm.SentencePieceProcessor(model_file=spiece)
         except Exception as err:
-            raise ValueError(f"cannot read the tokenizer {spiece}: {_first_line(err)}") from None
+            raise ValueError(f"cannot read the tokenizer {spiece}: {first_line(err)}") from None
         table = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
         if not any(piece.startswith("<extra_id_") for piece in table):
             extra_ids = _read_json(os.path.join(model_dir, TOKENIZER_CONFIG)).get("extra_ids", 100)
@@ -243,11 +160,6 @@ def _read_json(path: str) -> dict:
         raise ValueError(f"cannot read {path}: {err}") from None
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0].split(" [tensorstore_spec=")[0] if lines else type(err).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prottrans_jax.export_hf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="trainer MODEL_DIR (config + orbax checkpoints)")
@@ -262,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         if args.debug:
             raise
-        print(f"error: {_first_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 1
     print(json.dumps(summary))
     return 0

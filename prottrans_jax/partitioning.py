@@ -220,6 +220,17 @@ def _first_mesh(shardings: Any) -> Mesh:
     return leaves[0].mesh
 
 
+def _unbox_shapes(boxed: Any) -> Any:
+    """Strips the logical-axis boxes from a tree of shapes.
+
+    `nn.meta.unbox` would apply a sharding constraint to each leaf, which fails on shapes
+    when a mesh is in scope.
+    """
+    return jax.tree.map(
+        lambda leaf: leaf.unbox(apply_constraint=False) if isinstance(leaf, nn.Partitioned) else leaf,
+        boxed, is_leaf=lambda leaf: isinstance(leaf, nn.Partitioned))
+
+
 @gin.configurable
 @dataclasses.dataclass
 class Partitioner:
@@ -277,12 +288,12 @@ class Partitioner:
         `init_params_fn(*init_args)` returns the boxed params, e.g.
         `lambda rng: model.init(rng, dummy_batch)["params"]`. The returned abstract state is
         a tree of `jax.ShapeDtypeStruct(..., sharding=...)`: the restore target for
-        checkpoints and the input of `per_device_memory`.
+        checkpoints and the input of `per_device_memory`. Works inside or outside `context()`.
         """
         with self.context():
             boxed_params = jax.eval_shape(init_params_fn, *init_args)
         params_shardings = self.param_shardings(boxed_params)
-        abstract_params = nn.meta.unbox(boxed_params)
+        abstract_params = _unbox_shapes(boxed_params)
         abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
         shardings = {
             "step": self.replicated,

@@ -19,6 +19,7 @@ SIGTERM checkpoints at the next step boundary and exits cleanly.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -370,6 +371,24 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, IOError,
                    checkpoints.CheckpointCorruptError)
 
 
+def check_override_macros(bindings: Sequence[str]) -> None:
+    """Refuses a `--gin.NAME=...` macro that no gin file reads (gin itself accepts any name).
+
+    Without this, a misspelt `--gin.TRAIN_STEPZ=10` would silently train for the file's
+    TRAIN_STEPS. Keys with a dot bind a configurable's parameter and gin checks those itself.
+    """
+    macro = gin.config.get_configurable(gin.config.macro)
+    # gin has no public accessor for the parsed bindings; _CONFIG is stable since gin 0.1.
+    used = {ref.config_key[0] for ref in gin.config.iterate_references(gin.config._CONFIG, to=macro)}
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if name and "." not in name and name not in used:
+            close = difflib.get_close_matches(name, sorted(used), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"unknown macro in binding '{binding.strip()}': no gin file "
+                             f"reads %{name}{hint}")
+
+
 def run(argv: Sequence[str]) -> tuple[int, dict]:
     """Parses gin and runs `train`: (exit code: 0 ok, 1 bad input or halted; train's result)."""
     args = parse_flags(argv)
@@ -380,6 +399,7 @@ def run(argv: Sequence[str]) -> tuple[int, dict]:
         gin.add_config_file_search_path(path)
     try:
         gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+        check_override_macros(args.gin_bindings)
     except (ValueError, IOError, SyntaxError, ImportError) as error:
         if args.debug:
             raise

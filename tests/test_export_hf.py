@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from prottrans_jax import export_hf
+from prottrans_jax import model_dir as model_dir_lib
 from prottrans_jax.checkpoints import Checkpointer
 from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.convert.t5 import config_from_hf, hf_to_flax
@@ -117,9 +118,9 @@ def test_a_tokenizer_with_another_table_is_refused(tmp_path):
 
 def test_model_dir_config_and_params_only(model_dir):
     path, state_dict = model_dir
-    config = export_hf.config_from_model_dir(path)
+    config = model_dir_lib.config_from_model_dir(path)
     assert config == config_from_hf(HF_TINY, state_dict, dtype="float32")
-    params, step = export_hf.restore_params(path, config, encoder_only=True)
+    params, step = model_dir_lib.restore_params(path, config, encoder_only=True)
     assert step == 7 and set(params) == {"token_embedder", "encoder"}
     np.testing.assert_array_equal(np.asarray(params["token_embedder"]["embedding"]), state_dict["shared.weight"])
 
@@ -144,8 +145,8 @@ def test_export_round_trip_is_exact_and_transformers_matches_our_encoder(model_d
     encoder = transformers.T5EncoderModel.from_pretrained(out).eval()
     with torch.no_grad():
         theirs = encoder(**batch).last_hidden_state.numpy()
-    config = export_hf.config_from_model_dir(path)
-    params, _ = export_hf.restore_params(path, config, encoder_only=True)
+    config = model_dir_lib.config_from_model_dir(path)
+    params, _ = model_dir_lib.restore_params(path, config, encoder_only=True)
     ours = np.asarray(T5(config).apply({"params": params}, jnp.asarray(batch.input_ids.numpy()), method=T5.encode))
     valid = batch.attention_mask.numpy().astype(bool)
     np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-5, rtol=1e-5)

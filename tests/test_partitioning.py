@@ -219,6 +219,20 @@ def test_batch_is_split_along_data():
     np.testing.assert_array_equal(np.asarray(inputs), batch["inputs"])
 
 
+def test_abstract_and_initial_state_are_the_same_inside_the_mesh_context():
+    partitioner = partitioning.Partitioner(mesh_shape=(4, 2),
+                                           logical_axis_rules=partitioning.FSDP_TENSOR_PARALLEL)
+    outside, outside_shardings = partitioner.abstract_train_state(
+        init_params, optax.adam(0.1), jax.random.key(0))
+    with partitioner.context():
+        inside, inside_shardings = partitioner.abstract_train_state(
+            init_params, optax.adam(0.1), jax.random.key(0))
+        state, _ = partitioner.init_train_state(init_params, optax.adam(0.1), jax.random.key(0))
+    assert inside == outside and inside_shardings == outside_shardings
+    assert jax.tree.map(lambda x: x.sharding, state) == inside_shardings
+    assert inside["params"]["embedding"].sharding.spec == P("model", "data")
+
+
 def test_sharding_table_and_per_device_memory():
     partitioner = partitioning.Partitioner(mesh_shape=(8, 1), logical_axis_rules=partitioning.FSDP)
     with partitioner.context():

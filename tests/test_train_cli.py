@@ -103,6 +103,13 @@ def test_unknown_gin_binding_is_one_line_naming_the_key(binding, named, tmp_path
     assert named in one_line_error(capsys)
 
 
+def test_misspelt_macro_override_is_refused_with_a_suggestion(tmp_path, capsys):
+    assert train_lib.run(flags(tmp_path, 2, "--gin.TRAIN_STEPZ=1"))[0] == 1
+    line = one_line_error(capsys)
+    assert "TRAIN_STEPZ" in line and "did you mean TRAIN_STEPS?" in line
+    assert not (tmp_path / "config.gin").exists()  # refused before anything was written
+
+
 def test_missing_task_names_it_and_the_registered_ones(corpus, tmp_path, capsys):
     code, _ = train_lib.run(flags(tmp_path, 2, "--gin.MIXTURE_OR_TASK_NAME='nope_prott5_denoise'"))
     line = one_line_error(capsys)
