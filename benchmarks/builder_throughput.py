@@ -55,7 +55,6 @@ def plain_loop(fasta: Path, output_dir: Path) -> float:
 
 
 def seqio_throughput(corpus_dir: Path, batches: int, batch_size: int, length: int) -> dict:
-    import numpy as np
     from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
     from tasks.corpus import register_corpus
     register_corpus("bench", corpus_dir, ("prott5_denoise",))

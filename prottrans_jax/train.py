@@ -240,9 +240,11 @@ def _train_loop(*, trainer: Trainer, checkpointer: checkpoints.Checkpointer, mod
                                  for b in eval_batches(task_name, eval_split, feature_lengths,
                                                        host_batch, eval_steps, shard_info, pack))
         result = trainer.evaluate(state["params"], eval_iterator)
-        scalars("eval", step, {k: result[k] for k in ("loss", "accuracy", "masked_accuracy")})
+        scalars("eval", step, {k: result[k] for k in ("loss", "accuracy", "masked_accuracy",
+                                                   "masked_loss")})
         _log(f"eval  step {step}: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
              f"masked accuracy {result['masked_accuracy']:.4f}  "
+             f"masked loss {result['masked_loss']:.4f}  "
              f"({int(result['masked_tokens'])} masked tokens)")
         history.append({"step": step, **result})
 

@@ -24,7 +24,8 @@ from prottrans_jax import optimizers
 from prottrans_jax.partitioning import Partitioner
 
 CHECKPOINTED_KEYS = ("step", "params", "opt_state")
-AUX_KEYS = ("weight_sum", "correct", "masked_correct", "masked_count", "z_loss", "num_sequences")
+AUX_KEYS = ("weight_sum", "correct", "masked_correct", "masked_count", "masked_loss", "z_loss",
+            "num_sequences")
 METRIC_KEYS = ("loss_sum", *AUX_KEYS, "grad_norm_sum", "steps")
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets). Matched against
@@ -65,6 +66,7 @@ def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
         "z_loss": m["z_loss"] / weights,
         "accuracy": m["correct"] / weights,
         "masked_accuracy": m["masked_correct"] / max(m["masked_count"], 1e-9),
+        "masked_loss": m["masked_loss"] / max(m["masked_count"], 1e-9),
         "target_tokens": m["weight_sum"],
         "masked_tokens": m["masked_count"],
         "sequences": m["num_sequences"],

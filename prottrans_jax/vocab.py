@@ -220,6 +220,12 @@ def load_bert_vocab_file(path: str | Path) -> list[str]:
     return tokens
 
 
+def prot_t5_residue_ids() -> tuple[int, int]:
+    """(first residue id, first sentinel id) of ProtT5's table: the residues lie in between."""
+    vocabulary = prot_t5_vocabulary()
+    return vocabulary.pieces.index("▁A"), int(min(vocabulary.sentinel_ids))
+
+
 VOCABULARIES = {"prot_t5": prot_t5_vocabulary, "prot_bert": prot_bert_vocabulary}
 
 

@@ -12,7 +12,7 @@ from prottrans_jax.fasta import FastaError, read_fasta
 from prottrans_jax.vocab import normalize_sequence
 from tfrecords_builder import tfrecord_io
 from tfrecords_builder.__main__ import main
-from tfrecords_builder.build import BuildError, build, check_runner, verify_shards
+from tfrecords_builder.build import BuildError, build, verify_shards
 from tfrecords_builder.fasta_source import FastaSource
 from tfrecords_builder.pipeline import BuildConfig, assign_split, sequence_digest
 

@@ -130,7 +130,7 @@ class ToyModel:
         y = Toy().apply({"params": params}, batch["x"])
         ones = jnp.asarray(batch["x"].shape[0], jnp.float32)
         aux = {"weight_sum": ones, "correct": ones, "masked_correct": ones / 2,
-               "masked_count": ones, "z_loss": 0.0 * ones, "num_sequences": ones}
+               "masked_count": ones, "masked_loss": ones, "z_loss": 0.0 * ones, "num_sequences": ones}
         return jnp.sum(jnp.square(y - 1.0)), aux
 
 
@@ -171,6 +171,20 @@ def test_masked_positions_per_objective():
     np.testing.assert_array_equal(residues[0], [0, 1, 1, 0, 1, 0, 0, 0])
     with pytest.raises(ValueError, match="for_task"):
         model.masked_weights(batch)
+
+
+def test_masked_loss_is_the_cross_entropy_of_the_hidden_residues_alone():
+    batch = packed_batch(3)
+    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0)).for_task("x_prott5_denoise")
+    params = model.init_params(jax.random.key(0))
+    _, aux = model.loss_and_metrics(params, batch, jax.random.key(1), train=False)
+    logits = np.asarray(model.logits(params, batch, jax.random.key(1), False), np.float64)
+    log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+    chosen = np.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+    hidden = np.asarray(model.masked_weights(batch))
+    assert hidden.sum() > 10
+    np.testing.assert_allclose(aux["masked_loss"], -np.sum(chosen * hidden), rtol=1e-5)
+    assert float(aux["masked_count"]) == hidden.sum()
 
 
 def test_flops_count_matches_hand_formula():

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from prottrans_jax.fasta import DUPLICATE_ID
 from prottrans_jax.vocab import RARE_TO_X, normalize_sequence, space_separate
 from tfrecords_builder import tfrecord_io
-from tfrecords_builder.fasta_source import PROBLEM, RECORD, FastaSource
+from tfrecords_builder.fasta_source import RECORD, FastaSource
 
 TRAIN, VALIDATION = "train", "validation"
 SPLITS = (TRAIN, VALIDATION)

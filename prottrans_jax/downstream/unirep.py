@@ -15,7 +15,6 @@ Two things verified against the weights (see `next_residue_nll` and its test):
     UniRep's `get_rep` does (`h_avg`).
 """
 
-import functools
 import time
 from pathlib import Path
 

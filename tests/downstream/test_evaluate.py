@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from prottrans_jax.downstream import evaluate
 from tests.downstream.conftest import REPO_ROOT
