@@ -1,7 +1,7 @@
 """How predictable are ProtT5's hidden residues without a language model? Prints one JSON object.
 
     python benchmarks/masked_residue_baselines.py [--task sample_prott5_denoise] \
-        [--inputs_length 64] [--train_batches 2000]
+        [--inputs_length 256] [--train_batches N]
 
 The yardstick for `make demo`'s masked-token accuracy: the same task, crops and masks as the
 trainer's evaluation (the validation split, batch by batch), scored by predictors fitted on the
@@ -84,10 +84,12 @@ def score(predictions: np.ndarray, targets: np.ndarray, probabilities: np.ndarra
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="sample_prott5_denoise")
-    parser.add_argument("--inputs_length", type=int, default=64)
+    parser.add_argument("--inputs_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--train_batches", type=int, default=2000)
+    parser.add_argument("--train_batches", type=int, default=None,
+                        help="training batches to fit on (default: 128,000 tokens' worth / 8)")
     args = parser.parse_args(argv)
+    args.train_batches = args.train_batches or 128_000 // args.inputs_length  # ~150k hidden residues
     lengths = {"inputs": args.inputs_length, "targets": args.inputs_length}
     train_n, train_comp, train_y = masked_examples(
         train_lib.train_batches(args.task, lengths, args.batch_size, seed=0), args.train_batches)

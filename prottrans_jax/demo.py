@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
           f"step {last['step']}: {last['masked_loss']:.3f} nats")
     print(f"frequency baseline: always '{baseline.residue}' {baseline.accuracy:.1%}; "
           f"training-split frequencies {baseline.cross_entropy:.3f} nats")
-    print(f"target-token accuracy (visible residues copied + hidden ones) step {last['step']}: "
+    print(f"target-token accuracy (every residue, visible ones included) step {last['step']}: "
           f"{last['accuracy']:.1%}; wall time {minutes:.1f} min")
     verdict = "above" if low > baseline.accuracy else "not distinguishable from"
-    print(f"masked-token accuracy is {verdict} the frequency baseline at 95% confidence. "
-          "How far context alone can go on this split: python benchmarks/masked_residue_baselines.py")
+    print(f"masked-token accuracy is {verdict} the frequency baseline at 95% confidence.")
+    print("What context alone predicts on the same masks: python benchmarks/masked_residue_baselines.py "
+          f"--inputs_length {result['feature_lengths']['inputs']}")
     print(f"\nTensorBoard: tensorboard --logdir {model_dir}")
     return 0
 

@@ -1,12 +1,38 @@
-"""The demo's statistics: the interval that decides "above the frequency baseline"."""
+"""`make demo`'s training part end to end (a few steps), and the interval behind its verdict."""
 
 import pytest
 
+import tasks
+from prottrans_jax import demo
 from prottrans_jax.demo import wilson_interval
+from tests.test_tfrecords_builder import SAMPLE, run_build
 
 
 def test_wilson_interval_matches_the_textbook_values():
     assert wilson_interval(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
-    low, high = wilson_interval(0.103, 1202)  # the demo's validation split
-    assert low == pytest.approx(0.0870, abs=1e-3) and high == pytest.approx(0.1216, abs=1e-3)
+    low, high = wilson_interval(0.112, 4248)  # the demo's validation split at 256 tokens
+    assert low == pytest.approx(0.1028, abs=1e-3) and high == pytest.approx(0.1220, abs=1e-3)
     assert wilson_interval(0.0, 50)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.fixture
+def sample_corpus(tmp_path):
+    """The bundled sample built as `make demo` builds it, registered as `sample` meanwhile."""
+    run_build([SAMPLE], tmp_path / "corpus", num_shards=4, validation_fraction=0.05)
+    tasks.register_corpus("sample", tmp_path / "corpus")
+    yield tmp_path / "corpus"
+    tasks.register_corpus("sample", tasks.SAMPLE_CORPUS_DIR)
+
+
+def test_demo_trains_and_reports_against_the_baseline(sample_corpus, tmp_path, capsys):
+    code = demo.main([f"--model_dir={tmp_path / 'model'}", "--gin.TRAIN_STEPS=4",
+                      "--gin.INPUTS_LENGTH=32", "--gin.train.eval_interval=2",
+                      "--gin.train.log_every=2", "--gin.T5Config.num_encoder_layers=1",
+                      "--gin.T5Config.num_decoder_layers=1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "masked-token accuracy  step 0:" in out and "step 4:" in out and "95% CI" in out
+    assert "frequency baseline: always 'L'" in out
+    assert "not distinguishable from the frequency baseline" in out  # 4 steps learn nothing
+    assert "masked_residue_baselines.py --inputs_length 32" in out
+    assert (tmp_path / "model" / "4").is_dir()  # the final checkpoint
