@@ -31,14 +31,15 @@ from prottrans_jax.demo import wilson_interval
 from prottrans_jax.vocab import prot_t5_residue_ids, prot_t5_vocabulary
 
 FIRST_RESIDUE, FIRST_SENTINEL = prot_t5_residue_ids()
+NUM_RESIDUES = FIRST_SENTINEL - FIRST_RESIDUE  # 20 standard + X B Z U O
 WINDOW = 3
-OUTSIDE, HIDDEN = FIRST_SENTINEL - FIRST_RESIDUE, FIRST_SENTINEL - FIRST_RESIDUE + 1
+OUTSIDE, HIDDEN = NUM_RESIDUES, NUM_RESIDUES + 1
 
 
 def masked_examples(batches, limit: int | None = None):
-    """(neighbours [n, 2*WINDOW], composition [n, 25], target [n]) of every hidden residue.
+    """(neighbours [n, 2*WINDOW], composition [n, NUM_RESIDUES], target [n]) of every hidden residue.
 
-    Neighbours are residue indices 0..24, OUTSIDE (beyond the crop) or HIDDEN (also masked).
+    Neighbours are residue indices (0..NUM_RESIDUES-1), OUTSIDE (beyond the crop) or HIDDEN (also masked).
     """
     neighbours, compositions, targets = [], [], []
     for index, batch in enumerate(batches):
@@ -53,7 +54,7 @@ def masked_examples(batches, limit: int | None = None):
                 residue = (tokens >= FIRST_RESIDUE) & (tokens < FIRST_SENTINEL)
                 code = np.where(residue, tokens - FIRST_RESIDUE,
                                 np.where(tokens >= FIRST_SENTINEL, HIDDEN, OUTSIDE))
-                composition = np.bincount(code[residue], minlength=25)[:25].astype(np.float32)
+                composition = np.bincount(code[residue], minlength=NUM_RESIDUES)[:NUM_RESIDUES].astype(np.float32)
                 composition /= max(composition.sum(), 1.0)
                 padded = np.concatenate([[OUTSIDE] * WINDOW, code, [OUTSIDE] * WINDOW])
                 for i in np.nonzero(tokens >= FIRST_SENTINEL)[0]:
@@ -87,23 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--train_batches", type=int, default=None,
-                        help="training batches to fit on (default: 128,000 tokens' worth / 8)")
+                        help="training batches to fit on (default 128,000 / inputs_length: "
+                             "about 1M tokens, 150k hidden residues)")
     args = parser.parse_args(argv)
-    args.train_batches = args.train_batches or 128_000 // args.inputs_length  # ~150k hidden residues
+    args.train_batches = args.train_batches or 128_000 // args.inputs_length
     lengths = {"inputs": args.inputs_length, "targets": args.inputs_length}
     train_n, train_comp, train_y = masked_examples(
         train_lib.train_batches(args.task, lengths, args.batch_size, seed=0), args.train_batches)
     val_n, val_comp, val_y = masked_examples(
         train_lib.eval_batches(args.task, "validation", lengths, args.batch_size, None))
 
-    prior = np.bincount(train_y, minlength=25).astype(np.float64) + 1.0
+    prior = np.bincount(train_y, minlength=NUM_RESIDUES).astype(np.float64) + 1.0
     prior /= prior.sum()
     frequency = np.full(len(val_y), np.argmax(prior))
     composition = np.argmax(val_comp + 1e-6 * prior, axis=1)  # ties: the more frequent residue
     smoothed = 0.5 * val_comp + 0.5 * prior  # a crop's composition, shrunk towards the prior
 
     model = LogisticRegression(max_iter=300).fit(features(train_n, train_comp), train_y)
-    probabilities = np.zeros((len(val_y), 25))
+    probabilities = np.zeros((len(val_y), NUM_RESIDUES))
     probabilities[:, model.classes_] = model.predict_proba(features(val_n, val_comp))
 
     seen = collections.defaultdict(collections.Counter)
