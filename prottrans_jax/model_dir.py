@@ -10,12 +10,12 @@ import dataclasses
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
 from prottrans_jax.checkpoints import STATE, Checkpointer
 from prottrans_jax.models.gin_utils import config_from_gin
+from prottrans_jax.partitioning import unbox_shapes
 from prottrans_jax.models.t5 import T5Config, abstract_variables
 
 CONFIG_GIN_NAMES = ("operative_config.gin", "config.gin")
@@ -71,7 +71,7 @@ def restore_params(model_dir: str, config, step: int | None = None, encoder_only
     state_dir = os.path.join(os.path.abspath(model_dir), str(step), STATE)
     if not os.path.isdir(state_dir):
         raise FileNotFoundError(f"no checkpoint state at {state_dir}")
-    abstract = nn.unbox(abstract_variables(config, encoder_only=encoder_only))["params"]
+    abstract = unbox_shapes(abstract_variables(config, encoder_only=encoder_only))["params"]
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)

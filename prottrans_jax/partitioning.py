@@ -220,11 +220,11 @@ def _first_mesh(shardings: Any) -> Mesh:
     return leaves[0].mesh
 
 
-def _unbox_shapes(boxed: Any) -> Any:
-    """Strips the logical-axis boxes from a tree of shapes.
+def unbox_shapes(boxed: Any) -> Any:
+    """Strips the logical-axis boxes from a tree of shapes (e.g. from `jax.eval_shape`).
 
     `nn.meta.unbox` would apply a sharding constraint to each leaf, which fails on shapes
-    when a mesh is in scope.
+    when a mesh is in scope; this works inside and outside `Partitioner.context()`.
     """
     return jax.tree.map(
         lambda leaf: leaf.unbox(apply_constraint=False) if isinstance(leaf, nn.Partitioned) else leaf,
@@ -293,7 +293,7 @@ class Partitioner:
         with self.context():
             boxed_params = jax.eval_shape(init_params_fn, *init_args)
         params_shardings = self.param_shardings(boxed_params)
-        abstract_params = _unbox_shapes(boxed_params)
+        abstract_params = unbox_shapes(boxed_params)
         abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
         shardings = {
             "step": self.replicated,

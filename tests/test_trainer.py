@@ -187,6 +187,13 @@ def test_masked_loss_is_the_cross_entropy_of_the_hidden_residues_alone():
     assert float(aux["masked_count"]) == hidden.sum()
 
 
+def test_flops_count_reads_the_same_inside_a_mesh_context():
+    partitioner = partitioning.Partitioner(mesh_shape=(4, 2), logical_axis_rules=partitioning.FSDP)
+    outside = EncoderDecoderModel(TINY).matmul_params
+    with partitioner.context():
+        assert EncoderDecoderModel(TINY).matmul_params == outside
+
+
 def test_flops_count_matches_hand_formula():
     cfg = T5Config(vocab_size=128, d_model=16, num_heads=2, head_dim=4, d_ff=32,
                    num_encoder_layers=1, num_decoder_layers=1, tie_word_embeddings=False,

@@ -22,6 +22,7 @@ import numpy as np
 
 from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
 from prottrans_jax.models.t5 import T5Config, abstract_variables
+from prottrans_jax.partitioning import unbox_shapes
 
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 LM_HEAD_KEY = "lm_head.weight"
@@ -160,7 +161,7 @@ def _check_tied_copy(state_dict: dict[str, np.ndarray], key: str, embedding_key:
 
 def _check_shapes(params: dict[str, Any], config: T5Config, encoder_only: bool) -> None:
     """Every parameter the model declares is present with the declared shape, and no other."""
-    expected = nn.unbox(abstract_variables(config, encoder_only=encoder_only))["params"]
+    expected = unbox_shapes(abstract_variables(config, encoder_only=encoder_only))["params"]
     expected_flat = dict(_flatten(expected))
     got_flat = dict(_flatten(params))
     for path, abstract in expected_flat.items():

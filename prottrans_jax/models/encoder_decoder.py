@@ -25,12 +25,12 @@ import dataclasses
 import functools
 from typing import Any, Mapping
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 
 from prottrans_jax import losses
+from prottrans_jax.partitioning import unbox_shapes
 from prottrans_jax.models.t5 import T5, T5Config, dummy_inputs
 from prottrans_jax.vocab import prot_t5_residue_ids
 
@@ -167,8 +167,8 @@ class EncoderDecoderModel:
     @functools.cached_property
     def matmul_params(self) -> tuple[int, int, int]:
         """(encoder, decoder incl. output layer, decoder cross-attention key+value) matrix
-        parameter counts. Cached: first read it outside a mesh context (train() does)."""
-        abstract = nn.meta.unbox(self.abstract_params())
+        parameter counts."""
+        abstract = unbox_shapes(self.abstract_params())
         enc = dec = cross_kv = 0
         for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
             names = [str(getattr(k, "key", k)) for k in path]
