@@ -63,13 +63,13 @@ def save_random_model(shape: str, directory: str) -> None:
     import torch
     import transformers
 
-    from prottrans_jax.export_hf import write_tokenizer_files
+    from prottrans_jax.convert.t5 import write_tokenizer
 
     torch.manual_seed(0)
     config = transformers.T5Config(vocab_size=128, feed_forward_proj="relu", dropout_rate=0.0,
                                    num_decoder_layers=0, **SHAPES[shape])
     transformers.T5EncoderModel(config).save_pretrained(directory)
-    write_tokenizer_files(directory)
+    write_tokenizer(directory)
 
 
 def hf_route(model_dir: str, proteins: list[tuple[str, str]], output: str, half: bool) -> float:

@@ -26,7 +26,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 import tasks  # noqa: F401  (registers the sample tasks)
-from prottrans_jax import train as train_lib
+from prottrans_jax import training
+from prottrans_jax.data.dataset import get_task, task_feature_lengths
 from prottrans_jax.demo import wilson_interval
 from prottrans_jax.vocab import prot_t5_residue_ids, prot_t5_vocabulary
 
@@ -46,18 +47,18 @@ def masked_examples(batches, limit: int | None = None):
         if limit is not None and index >= limit:
             break
         inputs, labels = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
-        segments = batch["encoder_segment_ids"]
+        segments, masked = batch["encoder_segment_ids"], batch["decoder_masked_weights"] > 0
         for row in range(inputs.shape[0]):
             for segment in np.unique(segments[row][segments[row] > 0]):
                 tokens = inputs[row][segments[row] == segment]
                 truth = labels[row][segments[row] == segment]
-                residue = (tokens >= FIRST_RESIDUE) & (tokens < FIRST_SENTINEL)
-                code = np.where(residue, tokens - FIRST_RESIDUE,
-                                np.where(tokens >= FIRST_SENTINEL, HIDDEN, OUTSIDE))
+                hidden = masked[row][segments[row] == segment]
+                residue = (tokens >= FIRST_RESIDUE) & (tokens < FIRST_SENTINEL) & ~hidden
+                code = np.where(hidden, HIDDEN, np.where(residue, tokens - FIRST_RESIDUE, OUTSIDE))
                 composition = np.bincount(code[residue], minlength=NUM_RESIDUES)[:NUM_RESIDUES].astype(np.float32)
                 composition /= max(composition.sum(), 1.0)
                 padded = np.concatenate([[OUTSIDE] * WINDOW, code, [OUTSIDE] * WINDOW])
-                for i in np.nonzero(tokens >= FIRST_SENTINEL)[0]:
+                for i in np.nonzero(hidden)[0]:
                     if not FIRST_RESIDUE <= truth[i] < FIRST_SENTINEL:
                         continue
                     window = padded[i:i + 2 * WINDOW + 1]
@@ -92,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
                              "about 1M tokens, 150k hidden residues)")
     args = parser.parse_args(argv)
     args.train_batches = args.train_batches or 128_000 // args.inputs_length
-    lengths = {"inputs": args.inputs_length, "targets": args.inputs_length}
+    lengths = task_feature_lengths(get_task(args.task), args.inputs_length)
     train_n, train_comp, train_y = masked_examples(
-        train_lib.train_batches(args.task, lengths, args.batch_size, seed=0), args.train_batches)
+        training.train_batches(args.task, lengths, args.batch_size, seed=0), args.train_batches)
     val_n, val_comp, val_y = masked_examples(
-        train_lib.eval_batches(args.task, "validation", lengths, args.batch_size, None))
+        training.eval_batches(args.task, "validation", lengths, args.batch_size, None))
 
     prior = np.bincount(train_y, minlength=NUM_RESIDUES).astype(np.float64) + 1.0
     prior /= prior.sum()

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from prottrans_jax.errors import first_line
 from prottrans_jax.partitioning import path_to_name
 
 STATE = "state"
@@ -39,13 +40,9 @@ class CheckpointCorruptError(RuntimeError):
     """A checkpoint step directory cannot be read."""
 
 
-def _first_line(error: BaseException, max_chars: int = 300) -> str:
-    """The cause in one short line (tensorstore appends a whole JSON spec to its errors)."""
-    lines = str(error).strip().splitlines()
-    text = lines[0].split(" [tensorstore_spec=")[0] if lines else ""
-    if len(text) > max_chars:
-        text = text[:max_chars] + "..."
-    return f"{type(error).__name__}: {text}"
+def _describe(error: BaseException) -> str:
+    """The cause in one short line, with its type (orbax and tensorstore raise many)."""
+    return f"{type(error).__name__}: {first_line(error, max_chars=300)}"
 
 
 def _as_path(directory: epath.PathLike) -> epath.Path:
@@ -145,7 +142,7 @@ class Checkpointer:
             metadata = self._manager.item_metadata(step)[STATE]
         except Exception as error:  # orbax raises many types for unreadable files.
             raise CheckpointCorruptError(
-                f"checkpoint {step_dir} is corrupt or incomplete: {_first_line(error)}") from error
+                f"checkpoint {step_dir} is corrupt or incomplete: {_describe(error)}") from error
         leaves = jax.tree_util.tree_flatten_with_path(metadata)[0] if metadata is not None else []
         if not leaves:
             raise CheckpointCorruptError(
@@ -198,7 +195,7 @@ class Checkpointer:
         except Exception as error:
             raise CheckpointCorruptError(
                 f"checkpoint {self.step_directory(step)} is corrupt or incomplete: "
-                f"{_first_line(error)}") from error
+                f"{_describe(error)}") from error
         input_position = restored[INPUT_POSITION]
         if input_position is None:
             raise CheckpointCorruptError(

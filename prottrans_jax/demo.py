@@ -1,16 +1,20 @@
-"""`make demo`'s training part: tiny ProtT5 on the bundled sample, on CPU, and what it learnt.
+"""A tiny model trained on the bundled sample, on CPU, and what it learnt (`make demo`).
 
-    python -m prottrans_jax.demo [--model_dir runs/demo/model] [--gin.KEY=VALUE ...]
+    python -m prottrans_jax.demo [--gin_file gin/experiments/prot_t5_tiny_sample.gin] \
+        [--model_dir runs/demo/model] [--gin.KEY=VALUE ...]
 
 Expects the sample corpus in runs/demo/corpus (`make demo` builds it first). Starts from
-scratch (the model directory is the demo's own and is replaced), trains with
-gin/experiments/prot_t5_tiny_sample.gin, and prints masked-token accuracy (with its 95%
-interval) and loss on the validation split before and after training, next to the frequency
-baseline: always predicting the training split's most frequent residue, or its frequencies.
+scratch (the model directory is the demo's own and is replaced), trains with the gin file
+(ProtT5 by default; `gin/experiments/prot_bert_tiny_sample.gin` for ProtBert), and prints
+masked-token accuracy (with its 95% interval) and loss on the validation split before and
+after training, next to the frequency baseline: always predicting the training split's most
+frequent residue, or its frequencies. Works for any family: the hidden positions are the
+model's own `masked_targets`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import shutil
 import sys
@@ -18,12 +22,11 @@ import time
 
 import numpy as np
 
-from prottrans_jax import train as train_lib
-from prottrans_jax.vocab import prot_t5_residue_ids, prot_t5_vocabulary
+from prottrans_jax import train as train_cli, training
+from prottrans_jax.data.dataset import get_task
 
-GIN_FILE = "gin/experiments/prot_t5_tiny_sample.gin"
-TASK = "sample_prott5_denoise"
-FIRST_RESIDUE, FIRST_SENTINEL = prot_t5_residue_ids()
+DEFAULT_GIN_FILE = "gin/experiments/prot_t5_tiny_sample.gin"
+TRAIN_BATCHES = 300  # for the residue frequencies of the training split (hidden positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,24 +37,35 @@ class FrequencyBaseline:
     cross_entropy: float  # predicting the training frequencies, in nats
 
 
-def frequency_baseline(feature_lengths: dict, batch_size: int) -> FrequencyBaseline:
-    train_counts = np.ones(FIRST_SENTINEL, np.float64)  # add-one smoothing
-    train_counts[:FIRST_RESIDUE] = 0
-    batches = train_lib.train_batches(TASK, feature_lengths, batch_size, seed=0)
-    for _ in range(100):
-        batch = next(batches)
-        targets = batch["decoder_target_tokens"][batch["decoder_loss_weights"] > 0]
-        targets = targets[(targets >= FIRST_RESIDUE) & (targets < FIRST_SENTINEL)]
-        train_counts += np.bincount(targets, minlength=FIRST_SENTINEL)[:FIRST_SENTINEL]
-    probabilities = train_counts / train_counts.sum()
+def _hidden_residues(model, batches, residue_ids: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Target ids of the hidden positions that are residues, over the batches."""
+    found = []
+    for index, batch in enumerate(batches):
+        if limit is not None and index >= limit:
+            break
+        targets, weights = model.masked_targets(batch)
+        hidden = targets[weights > 0]
+        found.append(hidden[np.isin(hidden, residue_ids)])
+    return np.concatenate(found) if found else np.zeros((0,), np.int32)
+
+
+def frequency_baseline(model, task_name: str, feature_lengths: dict, batch_size: int
+                       ) -> FrequencyBaseline:
+    vocabulary = get_task(task_name).output_features["targets"].vocabulary
+    residue_ids = np.append(vocabulary.residue_ids, vocabulary.encode("X"))
+    size = vocabulary.vocab_size
+    converter = model.feature_converter_cls
+    train = _hidden_residues(model, training.train_batches(
+        task_name, feature_lengths, batch_size, seed=0, converter_cls=converter),
+        residue_ids, TRAIN_BATCHES)
+    counts = np.bincount(train, minlength=size).astype(np.float64)
+    counts[residue_ids] += 1.0  # add-one smoothing over the residues
+    probabilities = counts / counts.sum()
     top = int(np.argmax(probabilities))
-    hidden = []
-    for batch in train_lib.eval_batches(TASK, "validation", feature_lengths, batch_size, None):
-        masked = (batch["encoder_input_tokens"] >= FIRST_SENTINEL) & (batch["decoder_loss_weights"] > 0)
-        hidden.append(batch["decoder_target_tokens"][masked])
-    hidden = np.concatenate(hidden)
-    hidden = hidden[hidden < FIRST_SENTINEL]
-    return FrequencyBaseline(prot_t5_vocabulary().piece(top).lstrip("▁"), float(np.mean(hidden == top)),
+    hidden = _hidden_residues(model, training.eval_batches(
+        task_name, "validation", feature_lengths, batch_size, None, converter_cls=converter),
+        residue_ids)
+    return FrequencyBaseline(vocabulary.decode([top]), float(np.mean(hidden == top)),
                              float(-np.mean(np.log(np.maximum(probabilities[hidden], 1e-12)))))
 
 
@@ -63,37 +77,48 @@ def wilson_interval(accuracy: float, count: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def report(result: dict, baseline: FrequencyBaseline, minutes: float) -> str:
+    """The demo's verdict: masked-token accuracy and loss against the frequency baseline."""
+    first, last = result["eval"][0], result["eval"][-1]
+    count = last["masked_accuracy_count"]
+    low, high = wilson_interval(last["masked_accuracy"], count)
+    verdict = "above" if low > baseline.accuracy else "not distinguishable from"
+    lines = [
+        f"\n=== tiny {result['model'].family} on {result['task']} (validation split) ===",
+        f"masked tokens: {int(count)} hidden positions",
+        f"masked-token accuracy  step {first['step']}: {first['masked_accuracy']:.1%}   "
+        f"step {last['step']}: {last['masked_accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})",
+        f"masked-token loss      step {first['step']}: {first['masked_loss']:.3f}   "
+        f"step {last['step']}: {last['masked_loss']:.3f} nats",
+        f"frequency baseline: always '{baseline.residue}' {baseline.accuracy:.1%}; "
+        f"training-split frequencies {baseline.cross_entropy:.3f} nats",
+        f"target-token accuracy (every scored target) step {last['step']}: "
+        f"{last['accuracy']:.1%}; wall time {minutes:.1f} min",
+        f"masked-token accuracy is {verdict} the frequency baseline at 95% confidence.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    model_dir = "runs/demo/model"
-    for flag in list(argv):
-        if flag.startswith("--model_dir="):
-            model_dir = flag.split("=", 1)[1]
-            argv.remove(flag)
-    shutil.rmtree(model_dir, ignore_errors=True)
+    parser = argparse.ArgumentParser(prog="python -m prottrans_jax.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gin_file", default=DEFAULT_GIN_FILE)
+    parser.add_argument("--model_dir", default="runs/demo/model")
+    args, gin_flags = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    shutil.rmtree(args.model_dir, ignore_errors=True)
     start = time.perf_counter()
-    code, result = train_lib.run([f"--gin_file={GIN_FILE}", f"--gin.MODEL_DIR='{model_dir}'", *argv])
+    code, result = train_cli.run([f"--gin_file={args.gin_file}",
+                                  f"--gin.MODEL_DIR='{args.model_dir}'", *gin_flags])
     if code != 0 or not result.get("eval"):
         return code or 1
     minutes = (time.perf_counter() - start) / 60
-    first, last = result["eval"][0], result["eval"][-1]
-    baseline = frequency_baseline(result["feature_lengths"], result["host_batch"])
-    low, high = wilson_interval(last["masked_accuracy"], last["masked_tokens"])
-    print("\n=== tiny ProtT5 on the UniProtKB sample (validation split) ===")
-    print(f"masked tokens: {int(last['masked_tokens'])} hidden residues")
-    print(f"masked-token accuracy  step {first['step']}: {first['masked_accuracy']:.1%}   "
-          f"step {last['step']}: {last['masked_accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})")
-    print(f"masked-token loss      step {first['step']}: {first['masked_loss']:.3f}   "
-          f"step {last['step']}: {last['masked_loss']:.3f} nats")
-    print(f"frequency baseline: always '{baseline.residue}' {baseline.accuracy:.1%}; "
-          f"training-split frequencies {baseline.cross_entropy:.3f} nats")
-    print(f"target-token accuracy (every residue, visible ones included) step {last['step']}: "
-          f"{last['accuracy']:.1%}; wall time {minutes:.1f} min")
-    verdict = "above" if low > baseline.accuracy else "not distinguishable from"
-    print(f"masked-token accuracy is {verdict} the frequency baseline at 95% confidence.")
-    print("What context alone predicts on the same masks: python benchmarks/masked_residue_baselines.py "
-          f"--inputs_length {result['feature_lengths']['inputs']}")
-    print(f"\nTensorBoard: tensorboard --logdir {model_dir}")
+    baseline = frequency_baseline(result["model"], result["task"], result["feature_lengths"],
+                                  result["host_batch"])
+    print(report(result, baseline, minutes))
+    if result["model"].family == "prot_t5":
+        print("What context alone predicts on the same masks: python "
+              "benchmarks/masked_residue_baselines.py "
+              f"--inputs_length {result['feature_lengths']['inputs']}")
+    print(f"\nTensorBoard: tensorboard --logdir {args.model_dir}")
     return 0
 
 

@@ -4,8 +4,9 @@ ProtT5 (Elnaggar et al. 2021) trained with T5's recipe: Adafactor, factored seco
 no momentum, an inverse-square-root learning rate held constant during warm-up. ProtBert
 used LAMB with linear warm-up and linear decay; AdamW is here for the other families.
 
-`make_optimizer` returns `(optax.GradientTransformation, schedule)` so the trainer can log the
-learning rate of any step as `schedule(step)`.
+`make_optimizer` returns `Optimizer(transform, schedule)` (a named pair) so the trainer can
+log the learning rate of any step as `schedule(step)`; gin injects it into `train` as
+`train.optimizer = @optimizers.make_optimizer()`.
 
 gin example (T5X's defaults, which are also the functions' defaults):
 
@@ -17,7 +18,7 @@ gin example (T5X's defaults, which are also the functions' defaults):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import gin
 import jax
@@ -25,6 +26,11 @@ import jax.numpy as jnp
 import optax
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
+
+
+class Optimizer(NamedTuple):
+    transform: optax.GradientTransformation
+    schedule: Schedule
 
 
 @gin.configurable
@@ -110,12 +116,44 @@ def adafactor(learning_rate: float | Schedule,
     )
 
 
+def _scale_by_adam_without_bias_correction(b1: float, b2: float,
+                                           eps: float) -> optax.GradientTransformation:
+    """m / (sqrt(v) + eps) with plain exponential moments, as TF ALBERT's LAMB computes it."""
+
+    def init(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+        scaled = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        return scaled, optax.ScaleByAdamState(count=state.count + 1, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 @gin.configurable
 def lamb(learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999,
-         eps: float = 1e-6, weight_decay: float = 0.01) -> optax.GradientTransformation:
-    """LAMB (You et al. 2019), as ProtBert used it; weight decay on matrices only."""
-    return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                      mask=_matrices_only)
+         eps: float = 1e-6, weight_decay: float = 0.01,
+         tf_albert: bool = False) -> optax.GradientTransformation:
+    """LAMB (You et al. 2019), as ProtBert used it; weight decay on matrices only.
+
+    tf_albert=True follows google-research/albert's `lamb_optimizer.py`, the code the BERT
+    family's LAMB runs most likely used: Adam moments without bias correction, and neither
+    weight decay nor the trust ratio for biases and LayerNorm parameters (the vectors here).
+    optax's LAMB (the default) bias-corrects and applies the trust ratio to every parameter.
+    """
+    if not tf_albert:
+        return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                          mask=_matrices_only)
+    return optax.chain(
+        _scale_by_adam_without_bias_correction(b1, b2, eps),
+        optax.add_decayed_weights(weight_decay, mask=_matrices_only),
+        optax.masked(optax.scale_by_trust_ratio(), _matrices_only),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 @gin.configurable
@@ -137,7 +175,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 def make_optimizer(name: str = "adafactor",
                    learning_rate: float | Schedule | None = None,
                    grad_clip_norm: float | None = None,
-                   **optimizer_kwargs: Any) -> tuple[optax.GradientTransformation, Schedule]:
+                   **optimizer_kwargs: Any) -> Optimizer:
     """Builds the named optimizer; returns it with its learning-rate schedule.
 
     `learning_rate` defaults to `rsqrt_schedule()` (ProtT5's recipe); a float is a constant
@@ -152,7 +190,7 @@ def make_optimizer(name: str = "adafactor",
     optimizer = OPTIMIZERS[name](schedule, **optimizer_kwargs)
     if grad_clip_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer)
-    return optimizer, schedule
+    return Optimizer(optimizer, schedule)
 
 
 def _split_microbatches(x: jax.Array, num_microbatches: int) -> jax.Array:
@@ -173,18 +211,26 @@ def _split_microbatches(x: jax.Array, num_microbatches: int) -> jax.Array:
     return nn.with_logical_constraint(micro, (None, "batch") + (None,) * (x.ndim - 1))
 
 
+def _weight_sum(aux: Any) -> jax.Array:
+    if "weight_sum" not in aux:
+        raise KeyError("loss_and_grad_fn's aux must hold the loss denominator as 'weight_sum'")
+    return aux["weight_sum"]
+
+
 def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, batch: Any,
-                         num_microbatches: int, rng: jax.Array) -> tuple[jax.Array, Any, Any]:
+                         num_microbatches: int, rng: jax.Array,
+                         denominator: Callable[[Any], jax.Array] = _weight_sum
+                         ) -> tuple[jax.Array, Any, Any]:
     """Full-batch loss and gradients computed over microbatches, for use inside jit.
 
     `loss_and_grad_fn(params, microbatch, rng)` returns `((loss_sum, aux), grads)`: the *sum*
-    of per-token losses, a dict of summable metrics that holds the denominator as
-    `aux["weight_sum"]` (number of target tokens), and the gradients of `loss_sum`, e.g.
-    `jax.value_and_grad(loss_sum_fn, has_aux=True)`. Sums are accumulated with `lax.scan`
-    and divided once at the end, so the result equals the full batch's token-weighted mean
-    however the tokens fall into microbatches.
+    of per-token losses, a tree of summable metrics from which `denominator(aux)` reads the
+    number of target tokens (default: `aux["weight_sum"]`), and the gradients of `loss_sum`,
+    e.g. `jax.value_and_grad(loss_sum_fn, has_aux=True)`. Sums are accumulated with
+    `lax.scan` and divided once at the end, so the result equals the full batch's
+    token-weighted mean however the tokens fall into microbatches.
 
-    Returns `(loss, aux_sums, grads)` with loss and grads divided by the total weight_sum.
+    Returns `(loss, aux_sums, grads)` with loss and grads divided by the total denominator.
     Microbatch i uses `jax.random.fold_in(rng, i)`.
     """
     if num_microbatches < 1:
@@ -209,9 +255,6 @@ def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, batch: Any,
 
         (loss_sum, aux, grads), _ = jax.lax.scan(
             add_microbatch, zeros, (jnp.arange(num_microbatches), microbatches))
-    if "weight_sum" not in aux:
-        raise KeyError("loss_and_grad_fn's aux must hold the loss denominator as 'weight_sum'")
-    denominator = jnp.maximum(aux["weight_sum"].astype(jnp.float32),
-                              jnp.finfo(jnp.float32).tiny)
-    grads = jax.tree.map(lambda g: (g / denominator).astype(g.dtype), grads)
-    return loss_sum / denominator, aux, grads
+    total = jnp.maximum(jnp.asarray(denominator(aux), jnp.float32), jnp.finfo(jnp.float32).tiny)
+    grads = jax.tree.map(lambda g: (g / total).astype(g.dtype), grads)
+    return loss_sum / total, aux, grads

@@ -6,8 +6,10 @@ state untouched and sets "halted". The host reads the flag together with the met
 `log_every` steps, so guarding costs no per-step device-to-host round trip; once halted,
 every later step is a no-op, so the state the host finds is the last good one.
 
-Metrics are sums accumulated on device by the steps themselves (loss, weights, correct
-tokens, ...): `summarize` divides them on the host when they are fetched.
+Metrics are whatever the model's `loss_and_metrics` returns (models/base.py: `Average` and
+`Sum` pairs), accumulated on device by the steps themselves, plus the trainer's own
+`grad_norm` and `steps`; `summarize` divides them on the host when they are fetched. The
+trainer knows no metric by name except "loss", whose count is the loss denominator.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ import numpy as np
 import optax
 
 from prottrans_jax import optimizers
+from prottrans_jax.models.base import Average, Sum, add_metrics, summarize, zeros_like_metrics
 from prottrans_jax.partitioning import Partitioner
 
 CHECKPOINTED_KEYS = ("step", "params", "opt_state")
-AUX_KEYS = ("weight_sum", "correct", "masked_correct", "masked_count", "masked_loss", "z_loss",
-            "num_sequences")
-METRIC_KEYS = ("loss_sum", *AUX_KEYS, "grad_norm_sum", "steps")
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets). Matched against
 # jax.Device.device_kind, lower-cased, first match wins (order matters: "v5p" before "v5").
@@ -53,35 +53,11 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     return None
 
 
-def zeros_metrics() -> dict[str, jax.Array]:
-    return {key: jnp.zeros((), jnp.float32) for key in METRIC_KEYS}
-
-
-def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Host-side means from fetched sums: loss per target token, accuracies, grad norm."""
-    m = {key: float(value) for key, value in jax.device_get(dict(metrics)).items()}
-    weights = max(m["weight_sum"], 1e-9)
-    out = {
-        "loss": m["loss_sum"] / weights,
-        "z_loss": m["z_loss"] / weights,
-        "accuracy": m["correct"] / weights,
-        "masked_accuracy": m["masked_correct"] / max(m["masked_count"], 1e-9),
-        "masked_loss": m["masked_loss"] / max(m["masked_count"], 1e-9),
-        "target_tokens": m["weight_sum"],
-        "masked_tokens": m["masked_count"],
-        "sequences": m["num_sequences"],
-        "steps": m["steps"],
-    }
-    if m["steps"] > 0:
-        out["grad_norm"] = m["grad_norm_sum"] / m["steps"]
-    return out
-
-
 class Trainer:
     """Builds, shards and runs the train and eval steps of one model on one mesh.
 
-    `model` has the EncoderDecoderModel interface (init_params, loss_and_metrics).
-    Call the steps inside `partitioner.context()`.
+    `model` is a `models.base.PretrainModel` (init_params, loss_and_metrics are all the
+    steps use). Call the steps inside `partitioner.context()`.
     """
 
     def __init__(self, model: Any, optimizer: optax.GradientTransformation,
@@ -95,19 +71,21 @@ class Trainer:
             model.init_params, optimizer, jax.random.key(seed))
         replicated = partitioner.replicated
         self.state_shardings = {**self.checkpoint_shardings, "halted": replicated}
-        metric_shardings = {key: replicated for key in METRIC_KEYS}
         data = partitioner.data_sharding
+        # One sharding for a whole tree applies to every leaf: metrics are replicated scalars.
         self._train_step = jax.jit(
             self._train_step_fn,
-            in_shardings=(self.state_shardings, data, metric_shardings),
-            out_shardings=(self.state_shardings, metric_shardings),
+            in_shardings=(self.state_shardings, data, replicated),
+            out_shardings=(self.state_shardings, replicated),
             donate_argnums=(0, 2))
         self._eval_step = jax.jit(
             self._eval_step_fn,
-            in_shardings=(self.checkpoint_shardings["params"], data, metric_shardings),
-            out_shardings=metric_shardings,
+            in_shardings=(self.checkpoint_shardings["params"], data, replicated),
+            out_shardings=replicated,
             donate_argnums=(2,))
         self.compile_seconds: float | None = None
+        self._metric_shapes: dict[bool, Any] = {}
+        self.metric_kinds: dict[str, type] = {}  # metric name -> Average | Sum, once traced
 
     # ------------------------------------------------------------------ state
 
@@ -116,6 +94,20 @@ class Trainer:
         state, _ = self.partitioner.init_train_state(
             self.model.init_params, self.optimizer, jax.random.key(self.seed))
         return self.with_halted(state)
+
+    def init_state_from_params(self, params: Any) -> dict:
+        """A fresh state (step 0, a new optimizer state) around given host parameters, e.g.
+        released weights: each device receives only its own shards of every array."""
+        shardings = self.checkpoint_shardings
+        abstract = self.abstract["params"]
+        placed = jax.tree.map(
+            lambda x, a, s: jax.make_array_from_callback(
+                a.shape, s, lambda index, x=x: np.asarray(x[index], a.dtype)),
+            params, abstract, shardings["params"])
+        with self.partitioner.context():
+            opt_state = jax.jit(self.optimizer.init, out_shardings=shardings["opt_state"])(placed)
+        step = jax.device_put(jnp.zeros((), jnp.int32), self.partitioner.replicated)
+        return self.with_halted({"step": step, "params": placed, "opt_state": opt_state})
 
     def with_halted(self, checkpointed_state: Mapping[str, Any]) -> dict:
         halted = jax.device_put(jnp.zeros((), bool), self.partitioner.replicated)
@@ -126,8 +118,19 @@ class Trainer:
         """The part of the state that is saved (the halted flag is not)."""
         return {key: state[key] for key in CHECKPOINTED_KEYS}
 
-    def new_metrics(self) -> dict[str, jax.Array]:
-        return jax.device_put(zeros_metrics(), self.partitioner.replicated)
+    def new_metrics(self, batch: Any, train: bool = True) -> dict:
+        """Zeroed metric sums for batches shaped like `batch` (the model decides the names;
+        train steps add `grad_norm` and `steps`). The structure is traced once per kind."""
+        if train not in self._metric_shapes:
+            _, shapes = jax.eval_shape(
+                lambda p, b: self.model.loss_and_metrics(p, b, jax.random.key(0), train),
+                self.abstract["params"], batch)
+            if train:
+                shapes = {**shapes, "grad_norm": Average(0.0, 0.0), "steps": Sum(0.0)}
+            self._metric_shapes[train] = shapes
+            self.metric_kinds.update({name: type(m) for name, m in shapes.items()})
+        return jax.device_put(zeros_like_metrics(self._metric_shapes[train]),
+                              self.partitioner.replicated)
 
     # ------------------------------------------------------------------ steps
 
@@ -136,8 +139,8 @@ class Trainer:
             return self.model.loss_and_metrics(p, microbatch, microbatch_rng, train=True)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        return optimizers.accumulate_gradients(grad_fn, params, batch,
-                                               self.num_microbatches, rng)
+        return optimizers.accumulate_gradients(grad_fn, params, batch, self.num_microbatches,
+                                               rng, denominator=lambda m: m["loss"].count)
 
     def _train_step_fn(self, state, batch, metrics):
         # Dropout depends on (seed, step) only: a resumed run draws the same masks.
@@ -154,17 +157,13 @@ class Trainer:
             "opt_state": keep(opt_state, state["opt_state"]),
             "halted": ~ok,
         }
-        increments = {"loss_sum": loss * aux["weight_sum"], **{k: aux[k] for k in AUX_KEYS},
-                      "grad_norm_sum": grad_norm, "steps": jnp.ones((), jnp.float32)}
-        new_metrics = {key: metrics[key] + jnp.where(ok, increments[key].astype(jnp.float32), 0.0)
-                       for key in METRIC_KEYS}
-        return new_state, new_metrics
+        increments = {**aux, "grad_norm": Average(grad_norm, 1.0), "steps": Sum(1.0)}
+        return new_state, add_metrics(metrics, increments, keep=ok)
 
     def _eval_step_fn(self, params, batch, metrics):
-        loss_sum, aux = self.model.loss_and_metrics(params, batch, jax.random.key(0), train=False)
-        increments = {"loss_sum": loss_sum, **{k: aux[k] for k in AUX_KEYS}}
-        return {key: metrics[key] + jnp.asarray(increments.get(key, 0.0), jnp.float32)
-                for key in METRIC_KEYS}
+        _, model_metrics = self.model.loss_and_metrics(params, batch, jax.random.key(0),
+                                                       train=False)
+        return add_metrics(metrics, model_metrics)
 
     def train_step(self, state: dict, batch: Any, metrics: dict) -> tuple[dict, dict]:
         """One optimizer step; no host sync except on the first call (compile timing)."""
@@ -179,12 +178,15 @@ class Trainer:
     def eval_step(self, params: Any, batch: Any, metrics: dict) -> dict:
         return self._eval_step(params, batch, metrics)
 
-    def evaluate(self, params: Any, batches: Callable[[], Any]) -> dict[str, float]:
-        """Summarised metrics over an iterable of global batches (one fetch at the end)."""
-        metrics = self.new_metrics()
+    def evaluate(self, params: Any, batches: Callable[[], Any]) -> dict[str, float] | None:
+        """Summarised metrics over an iterable of global batches (one fetch at the end);
+        None when there was no batch at all."""
+        metrics = None
         for batch in batches():
+            if metrics is None:
+                metrics = self.new_metrics(batch, train=False)
             metrics = self.eval_step(params, batch, metrics)
-        return summarize(metrics)
+        return None if metrics is None else summarize(metrics)
 
     @staticmethod
     def halted(state: Mapping[str, Any]) -> bool:

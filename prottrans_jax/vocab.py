@@ -9,14 +9,15 @@ Sources (public):
   `T5Tokenizer.get_vocab()` in agemagician/ProtTrans issue #42 ("Which mask token is used in
   T5 training?"): <pad>=0, </s>=1, <unk>=2, then "▁A".."▁Z" at 3..27 in the order below, then
   <extra_id_99>=28 .. <extra_id_0>=127 (sentinel N has id 127 - N, the T5 convention).
-- ProtBert / ProtBert-BFD / ProtElectra (`vocab.txt`, 30 lines): [PAD] [UNK] [CLS] [SEP] [MASK]
-  then 25 letters in the order below, one id per line. The order is the one the ProtTrans
-  maintainers enumerate and tokenise to ids 0..29 in agemagician/ProtTrans issue #68
-  ("ProtElectra Tokenizer"). That thread shows the ProtElectra tokenizer; ProtBert's vocab.txt
-  is the same 30-line file as far as public sources show, but we have not seen ProtBert's file
-  byte for byte: treat the ProtBert table as established with high but not full certainty.
+- ProtBert / ProtBert-BFD / ProtElectra (`vocab.txt`, 30 lines, 81 bytes): [PAD] [UNK] [CLS]
+  [SEP] [MASK] then 25 letters in the order below, one id per line. Verified (design notes,
+  families-spec.md section 2.2): the order read from the Hugging Face page of
+  `prot_electra_discriminator_bfd/vocab.txt`, the same 81-byte file that ships with prot_bert;
+  the prot_bert model card's fill-mask ids (L=5, A=6, V=8, S=10, I=11, K=12, T=15) and
+  agemagician/ProtTrans issue #68 agree, and transformers 5's BertTokenizer on this table
+  encodes "A E T C Z A O" as [2, 6, 9, 15, 23, 28, 6, 29, 3].
   Importing released weights always reads the tokenizer files shipped with them
-  (`load_bert_vocab_file`) and never trusts this built-in table.
+  (`prottrans_jax.convert.bert.tokenizer_pieces`) and never trusts this built-in table.
 
 Input text is residues separated by single spaces ("M K T A"), as ProtTrans feeds its
 tokenizers. Lower case is accepted; the rare residues U, Z, O, B are encoded as X, as
@@ -25,9 +26,7 @@ ProtTrans users do before tokenising (the tables keep their own ids for compatib
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -60,12 +59,6 @@ PROT_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PROT_BERT_RESIDUE_ORDER = "LAGVESIKRDTPNQFYMHCWXUBZO"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Table:
-    pieces: tuple[str, ...]  # piece text by id
-    residue_ids: dict[str, int]  # residue letter -> id
-
-
 class ProteinVocabulary(seqio.Vocabulary):
     """A fixed id table over single residues, usable by seqio tasks and feature converters.
 
@@ -73,21 +66,28 @@ class ProteinVocabulary(seqio.Vocabulary):
     `decode` shows sentinels and specials by name instead of collapsing them to <unk>.
     """
 
-    def __init__(self, name: str, pieces: Sequence[str], residue_order: str,
-                 first_residue_id: int, *, pad_id: int, eos_id: int | None, unk_id: int,
+    def __init__(self, name: str, pieces: Sequence[str], residue_order: str | Mapping[str, int],
+                 first_residue_id: int = 0, *, pad_id: int, eos_id: int | None, unk_id: int,
                  mask_id: int | None = None, bos_id: int | None = None,
                  sentinel_ids: Sequence[int] = ()):
+        """`residue_order` is a string of letters with consecutive ids from
+        `first_residue_id`, or a {letter: id} table (e.g. read from a tokenizer file; a letter
+        it lacks, X included, is encoded as unk)."""
         super().__init__(extra_ids=0)
         self.name = name
         self._pieces = tuple(pieces)
         self._pad_id, self._eos_id, self._unk_id = pad_id, eos_id, unk_id
         self._mask_id, self._bos_id = mask_id, bos_id
         self._sentinel_ids = tuple(sentinel_ids)
-        residue_ids = {aa: first_residue_id + i for i, aa in enumerate(residue_order)}
+        if isinstance(residue_order, str):
+            letters = {aa: first_residue_id + i for i, aa in enumerate(residue_order)}
+        else:
+            letters = dict(residue_order)
+        residue_ids = dict(letters)
         for rare in RARE_TO_X:  # ProtTrans practice: rare residues are read as X.
-            residue_ids[rare] = residue_ids["X"]
+            residue_ids[rare] = residue_ids.get("X", unk_id)
         self._residue_ids = residue_ids
-        self._residue_letters = {first_residue_id + i: aa for i, aa in enumerate(residue_order)}
+        self._residue_letters = {token_id: aa for aa, token_id in letters.items()}
         # Byte -> id lookup used by both the Python and the TensorFlow encoder.
         table = np.full(256, unk_id, dtype=np.int32)
         for letter, token_id in residue_ids.items():
@@ -96,7 +96,7 @@ class ProteinVocabulary(seqio.Vocabulary):
         self._byte_to_id = table
         # Ids the model may predict as residues (used by BERT's random replacement).
         self.residue_ids = np.array(
-            sorted({residue_ids[a] for a in STANDARD_AMINO_ACIDS}), dtype=np.int32)
+            sorted({residue_ids[a] for a in STANDARD_AMINO_ACIDS if a in residue_ids}), dtype=np.int32)
 
     # --- seqio.Vocabulary interface -------------------------------------------------------
     @property
@@ -209,29 +209,7 @@ def prot_bert_vocabulary() -> ProteinVocabulary:
                              pad_id=0, eos_id=3, unk_id=1, mask_id=4, bos_id=2)
 
 
-def load_bert_vocab_file(path: str | Path) -> list[str]:
-    """Reads a Hugging Face BERT `vocab.txt` (one token per line, id = line index)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such vocabulary file")
-    tokens = path.read_text(encoding="utf-8").splitlines()
-    if not tokens:
-        raise ValueError(f"{path}: empty vocabulary file")
-    return tokens
-
-
 def prot_t5_residue_ids() -> tuple[int, int]:
     """(first residue id, first sentinel id) of ProtT5's table: the residues lie in between."""
     vocabulary = prot_t5_vocabulary()
     return vocabulary.pieces.index("▁A"), int(min(vocabulary.sentinel_ids))
-
-
-VOCABULARIES = {"prot_t5": prot_t5_vocabulary, "prot_bert": prot_bert_vocabulary}
-
-
-def get_vocabulary(name: str) -> ProteinVocabulary:
-    """Vocabulary by model family name ('prot_t5' or 'prot_bert')."""
-    try:
-        return VOCABULARIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown vocabulary {name!r}; known: {sorted(VOCABULARIES)}") from None

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from prottrans_jax.data.dataset import get_batches, get_task, is_encoder_only, task_feature_lengths
+from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
 from tasks.corpus import OBJECTIVES, register_corpus
 
 
@@ -22,10 +22,10 @@ def describe_batch(task_name: str, batch: dict[str, np.ndarray], max_chars: int 
     """Human-readable batch: per row and packed protein, the decoded inputs and targets."""
     task = get_task(task_name)
     vocabulary = task.output_features["targets"].vocabulary
-    encoder_only = is_encoder_only(task)
+    side = "decoder" if "decoder_target_tokens" in batch else "encoder"  # encoder-only models
     inputs_key = "encoder_input_tokens"
-    targets_key = "encoder_target_tokens" if encoder_only else "decoder_target_tokens"
-    target_segments_key = "encoder_segment_ids" if encoder_only else "decoder_segment_ids"
+    targets_key, target_segments_key = f"{side}_target_tokens", f"{side}_segment_ids"
+    hidden_key = "decoder_masked_weights" if side == "decoder" else "encoder_loss_weights"
     lines = []
     shapes = ", ".join(f"{k} {v.shape}" for k, v in sorted(batch.items()))
     fill = float(np.mean(batch["encoder_segment_ids"] > 0))
@@ -43,10 +43,8 @@ def describe_batch(task_name: str, batch: dict[str, np.ndarray], max_chars: int 
         for k, (inp, tgt) in enumerate(zip(inputs, targets)):
             lines.append(f"  [{k + 1}] inputs  ({len(inp):3d}) {show(inp)}")
             lines.append(f"      targets ({len(tgt):3d}) {show(tgt)}")
-            if encoder_only:
-                weights = batch["encoder_loss_weights"][row][
-                    batch["encoder_segment_ids"][row] == k + 1]
-                lines.append(f"      loss on {int(weights.sum())} chosen position(s)")
+            hidden = batch[hidden_key][row][batch[target_segments_key][row] == k + 1]
+            lines.append(f"      {int(hidden.sum())} hidden position(s)")
     return "\n".join(lines)
 
 

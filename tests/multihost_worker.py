@@ -38,7 +38,7 @@ def tiny_model():
     config = T5Config(vocab_size=128, d_model=32, num_heads=4, head_dim=8, d_ff=64,
                       num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1,
                       dtype="float32", tie_word_embeddings=False)
-    return EncoderDecoderModel(config, masked_positions="sentinel_inputs")
+    return EncoderDecoderModel(config)
 
 
 def global_batch(step: int) -> dict[str, np.ndarray]:
@@ -52,12 +52,14 @@ def global_batch(step: int) -> dict[str, np.ndarray]:
     positions = np.concatenate([np.arange(LENGTH // 2), np.arange(LENGTH - LENGTH // 2)])
     positions = np.tile(positions, (GLOBAL_ROWS, 1)).astype(np.int32) * (segments > 0)
     targets = targets * (segments > 0)
-    inputs = np.where(rng.random(targets.shape) < 0.15, 127, targets) * (segments > 0)
+    masked = (rng.random(targets.shape) < 0.15) & (segments > 0)
+    inputs = np.where(masked, 127, targets) * (segments > 0)
     decoder_inputs = np.roll(targets, 1, axis=1) * (positions > 0)
     return {"encoder_input_tokens": inputs, "encoder_segment_ids": segments,
             "encoder_positions": positions, "decoder_input_tokens": decoder_inputs,
             "decoder_target_tokens": targets,
             "decoder_loss_weights": (segments > 0).astype(np.int32),
+            "decoder_masked_weights": masked.astype(np.int32),
             "decoder_segment_ids": segments, "decoder_positions": positions}
 
 
@@ -68,7 +70,8 @@ def train_steps(partitioner, steps: int) -> tuple[dict[str, np.ndarray], list[fl
     from jax.experimental import multihost_utils
 
     from prottrans_jax import optimizers, partitioning
-    from prottrans_jax.trainer import Trainer, summarize
+    from prottrans_jax.models.base import summarize
+    from prottrans_jax.trainer import Trainer
 
     optimizer, _ = optimizers.make_optimizer("adafactor", learning_rate=0.05)
     trainer = Trainer(tiny_model(), optimizer, partitioner, num_microbatches=1, seed=0)
@@ -82,8 +85,8 @@ def train_steps(partitioner, steps: int) -> tuple[dict[str, np.ndarray], list[fl
         for step in range(steps):
             mine = {k: v[shard_index * rows:(shard_index + 1) * rows]
                     for k, v in global_batch(step).items()}
-            state, metrics = trainer.train_step(
-                state, partitioner.host_local_batch_to_global(mine), trainer.new_metrics())
+            batch = partitioner.host_local_batch_to_global(mine)
+            state, metrics = trainer.train_step(state, batch, trainer.new_metrics(batch))
             losses.append(summarize(metrics)["loss"])
     # FSDP shards live on both processes: gather whole arrays on every host.
     params = multihost_utils.process_allgather(state["params"], tiled=True)

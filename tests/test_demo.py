@@ -31,6 +31,7 @@ def test_demo_trains_and_reports_against_the_baseline(sample_corpus, tmp_path, c
                       "--gin.T5Config.num_decoder_layers=1"])
     assert code == 0
     out = capsys.readouterr().out
+    assert "=== tiny prot_t5 on sample_prott5_denoise" in out
     assert "masked-token accuracy  step 0:" in out and "step 4:" in out and "95% CI" in out
     assert "frequency baseline: always 'L'" in out
     assert "not distinguishable from the frequency baseline" in out  # 4 steps learn nothing

@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from prottrans_jax import inference
 from tests.test_export_hf import random_hf_model, save_hf_dir, write_model_dir
 
 MAX_LENGTH = 40  # proteins above it are embedded alone
@@ -95,9 +96,9 @@ def test_cli_embeddings_equal_transformers_per_residue_and_per_protein(embed, se
         assert f.attrs["model"] == os.path.abspath(hf_dir) and "_incomplete" not in f
 
 
-def test_batch_plan_respects_the_budget_and_processes_long_proteins_alone(embed):
-    proteins = [embed.Protein(k, v.upper()) for k, v in SEQUENCES.items()]
-    batches = embed.plan_batches(proteins, MAX_TOKENS, MAX_LENGTH)
+def test_batch_plan_respects_the_budget_and_processes_long_proteins_alone():
+    proteins = [inference.Protein(k, v.upper()) for k, v in SEQUENCES.items()]
+    batches = inference.plan_batches(proteins, MAX_TOKENS, MAX_LENGTH)
     seen = [p.id for b in batches for p in b.proteins]
     assert sorted(seen) == sorted(SEQUENCES)  # every protein once
     for b in batches:
@@ -108,12 +109,12 @@ def test_batch_plan_respects_the_budget_and_processes_long_proteins_alone(embed)
             assert b.rows * b.length <= MAX_TOKENS and len(b.proteins) <= b.rows
     assert sum(b.alone for b in batches) == 2
     # Static shapes: a thousand proteins of every length up to 1000 need few programs.
-    many = [embed.Protein(str(n), "A" * n) for n in range(1, 1001)]
+    many = [inference.Protein(str(n), "A" * n) for n in range(1, 1001)]
     for steps, buckets in ((2, 11), (4, 21)):  # lengths 32 .. 1024
-        shapes = {(b.rows, b.length) for b in embed.plan_batches(many, 4096, 1000, steps_per_octave=steps)}
+        shapes = {(b.rows, b.length) for b in inference.plan_batches(many, 4096, 1000, steps_per_octave=steps)}
         assert len({length for _, length in shapes}) == buckets and len(shapes) <= 2 * buckets
-    assert [embed.bucket_length(n) for n in (1, 33, 49, 65, 97, 1001, 1025)] == [32, 48, 64, 96, 128, 1024, 1280]
-    assert [embed.bucket_length(n, 4) for n in (33, 41, 65, 129, 1025, 2049)] == [40, 48, 80, 160, 1280, 2560]
+    assert [inference.bucket_length(n) for n in (1, 33, 49, 65, 97, 1001, 1025)] == [32, 48, 64, 96, 128, 1024, 1280]
+    assert [inference.bucket_length(n, 4) for n in (33, 41, 65, 129, 1025, 2049)] == [40, 48, 80, 160, 1280, 2560]
 
 
 def test_resume_after_an_interruption_gives_the_same_file(embed, setup, reference, tmp_path):
@@ -201,14 +202,14 @@ def test_bad_inputs_are_one_line_errors(embed, setup, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o.h5")  # nothing written for a bad input
 
 
-def test_out_of_memory_skips_a_long_protein_but_stops_on_a_batch(embed):
-    long = embed.Batch((embed.Protein("big", "A" * 50),), rows=1, length=64, alone=True)
-    batch = embed.Batch((embed.Protein("a", "AAA"),), rows=1, length=32, alone=False)
+def test_out_of_memory_skips_a_long_protein_but_stops_on_a_batch():
+    long = inference.Batch((inference.Protein("big", "A" * 50),), rows=1, length=64, alone=True)
+    batch = inference.Batch((inference.Protein("a", "AAA"),), rows=1, length=32, alone=False)
     oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB")
     summary = {"out_of_memory_ids": []}
-    embed._skip_if_alone_and_out_of_memory(oom, long, summary, 4096)
+    inference._skip_if_alone_and_out_of_memory(oom, long, summary, 4096)
     assert summary["out_of_memory_ids"] == ["big"]
-    with pytest.raises(embed.OutOfMemoryError, match="lower --max_tokens"):
-        embed._skip_if_alone_and_out_of_memory(oom, batch, summary, 4096)
+    with pytest.raises(inference.OutOfMemoryError, match="lower --max_tokens"):
+        inference._skip_if_alone_and_out_of_memory(oom, batch, summary, 4096)
     with pytest.raises(ValueError, match="unrelated"):  # other errors are not swallowed
-        embed._skip_if_alone_and_out_of_memory(ValueError("unrelated"), long, summary, 4096)
+        inference._skip_if_alone_and_out_of_memory(ValueError("unrelated"), long, summary, 4096)

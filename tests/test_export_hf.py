@@ -14,6 +14,7 @@ import transformers
 from prottrans_jax import export_hf
 from prottrans_jax import model_dir as model_dir_lib
 from prottrans_jax.checkpoints import Checkpointer
+from prottrans_jax.convert import t5 as t5_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.convert.t5 import config_from_hf, hf_to_flax
 from prottrans_jax.models.t5 import T5, T5Config
@@ -35,17 +36,18 @@ def random_hf_model(seed: int = 0) -> transformers.T5ForConditionalGeneration:
 def save_hf_dir(model, path) -> str:
     """A local HF directory as released: weights, config and ProtT5 tokenizer files."""
     model.save_pretrained(path)
-    export_hf.write_tokenizer_files(str(path))
+    t5_convert.write_tokenizer(str(path))
     return str(path)
 
 
 def write_model_dir(path, state_dict: dict, step: int = 7) -> T5Config:
-    """A trainer-style MODEL_DIR: operative_config.gin binding T5Config, and an orbax
+    """A MODEL_DIR as the trainer wrote it before model.json: operative_config.gin binding
+    T5Config (and importing modules, which readers must not execute), and an orbax
     checkpoint whose `state` item holds step, params and an optimizer state."""
     config = config_from_hf(HF_TINY, state_dict, dtype="float32")
     params = jax.tree.map(jnp.asarray, hf_to_flax(state_dict, config))
     os.makedirs(path, exist_ok=True)
-    lines = ["import prottrans_jax.models.t5", "import prottrans_jax.train",
+    lines = ["import prottrans_jax.models.t5", "import prottrans_jax.train", "import this",
              "MODEL_DIR = 'somewhere'", "train.batch_size = 8"]  # other configurables are skipped
     lines += [f"T5Config.{f.name} = {getattr(config, f.name)!r}" for f in dataclasses.fields(config)]
     with open(os.path.join(path, "operative_config.gin"), "w") as f:
@@ -74,7 +76,7 @@ def model_dir(tmp_path_factory, hf_model):
 
 
 def test_written_tokenizer_loads_in_transformers_with_prott5_ids(tmp_path):
-    export_hf.write_tokenizer_files(str(tmp_path))
+    t5_convert.write_tokenizer(str(tmp_path))
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(tmp_path))
     vocabulary = prot_t5_vocabulary()
     by_id = {i: piece for piece, i in tokenizer.get_vocab().items()}
@@ -82,24 +84,24 @@ def test_written_tokenizer_loads_in_transformers_with_prott5_ids(tmp_path):
     assert tokenizer("M K T A").input_ids == vocabulary.encode("M K T A") + [vocabulary.eos_id]
     assert tokenizer("M K T A").input_ids == [19, 14, 11, 3, 1]
     assert tokenizer.convert_tokens_to_ids("<extra_id_0>") == 127
-    assert export_hf.tokenizer_table(str(tmp_path)) == list(vocabulary.pieces)
-    export_hf.check_tokenizer_files(str(tmp_path))  # agrees with the built-in table
+    assert t5_convert.tokenizer_pieces(str(tmp_path)) == list(vocabulary.pieces)
+    assert t5_convert.vocabulary_from_pieces(t5_convert.tokenizer_pieces(str(tmp_path))) == vocabulary
 
 
 def test_tokenizer_json_is_read_when_there_is_no_spiece_model(tmp_path):
-    export_hf.write_tokenizer_files(str(tmp_path / "sp"))
+    t5_convert.write_tokenizer(str(tmp_path / "sp"))
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(tmp_path / "sp"))
     tokenizer.save_pretrained(str(tmp_path / "fast"))
     if os.path.exists(tmp_path / "fast" / "spiece.model"):
         os.remove(tmp_path / "fast" / "spiece.model")
     assert os.path.exists(tmp_path / "fast" / "tokenizer.json")
-    assert export_hf.tokenizer_table(str(tmp_path / "fast")) == list(prot_t5_vocabulary().pieces)
+    assert t5_convert.tokenizer_pieces(str(tmp_path / "fast")) == list(prot_t5_vocabulary().pieces)
 
 
 def test_a_tokenizer_with_another_table_is_refused(tmp_path):
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-    export_hf.write_tokenizer_files(str(tmp_path))
+    t5_convert.write_tokenizer(str(tmp_path))
     model = sp_pb2.ModelProto()
     with open(tmp_path / "spiece.model", "rb") as f:
         model.ParseFromString(f.read())
@@ -107,22 +109,44 @@ def test_a_tokenizer_with_another_table_is_refused(tmp_path):
     with open(tmp_path / "spiece.model", "wb") as f:
         f.write(model.SerializeToString())
     with pytest.raises(ValueError, match=r"at id 3: '▁L' there, '▁A'"):
-        export_hf.check_tokenizer_files(str(tmp_path))
+        t5_convert.vocabulary_from_pieces(t5_convert.tokenizer_pieces(str(tmp_path)))
     os.remove(tmp_path / "spiece.model")
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
-        export_hf.check_tokenizer_files(str(tmp_path))
+        t5_convert.tokenizer_pieces(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------ MODEL_DIR
 
 
-def test_model_dir_config_and_params_only(model_dir):
+def test_old_model_dir_is_read_from_its_gin_without_running_its_imports(model_dir, capsys):
     path, state_dict = model_dir
-    config = model_dir_lib.config_from_model_dir(path)
-    assert config == config_from_hf(HF_TINY, state_dict, dtype="float32")
-    params, step = model_dir_lib.restore_params(path, config, encoder_only=True)
+    stored = model_dir_lib.read_model(path)
+    assert "Zen of Python" not in capsys.readouterr().out  # `import this` was not executed
+    assert stored.family.name == "prot_t5" and stored.vocabulary == prot_t5_vocabulary()
+    assert stored.config == config_from_hf(HF_TINY, state_dict, dtype="float32")
+    params, step = model_dir_lib.restore_params(path, stored, ("token_embedder", "encoder"))
     assert step == 7 and set(params) == {"token_embedder", "encoder"}
     np.testing.assert_array_equal(np.asarray(params["token_embedder"]["embedding"]), state_dict["shared.weight"])
+
+
+def test_model_json_says_what_a_model_dir_holds(model_dir, tmp_path):
+    path, state_dict = model_dir
+    stored = model_dir_lib.read_model(path)
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(path, copy)
+    os.remove(copy / "operative_config.gin")
+    model_dir_lib.write_model_json(str(copy), model_dir_lib.describe_model(
+        stored.family, stored.config, stored.vocabulary))
+    again = model_dir_lib.read_model(str(copy), dtype="bfloat16")
+    assert again.family.name == "prot_t5" and again.vocabulary == stored.vocabulary
+    assert again.config == dataclasses.replace(stored.config, dtype="bfloat16")
+    data = json.loads((copy / "model.json").read_text())
+    data["config"]["d_modle"] = 3
+    (copy / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"model.json: T5Config has no field 'd_modle'"):
+        model_dir_lib.read_model(str(copy))
 
 
 # ------------------------------------------------------------------------------ export
@@ -145,9 +169,10 @@ def test_export_round_trip_is_exact_and_transformers_matches_our_encoder(model_d
     encoder = transformers.T5EncoderModel.from_pretrained(out).eval()
     with torch.no_grad():
         theirs = encoder(**batch).last_hidden_state.numpy()
-    config = model_dir_lib.config_from_model_dir(path)
-    params, _ = model_dir_lib.restore_params(path, config, encoder_only=True)
-    ours = np.asarray(T5(config).apply({"params": params}, jnp.asarray(batch.input_ids.numpy()), method=T5.encode))
+    stored = model_dir_lib.read_model(path)
+    params, _ = model_dir_lib.restore_params(path, stored, ("token_embedder", "encoder"))
+    ours = np.asarray(T5(stored.config).apply({"params": params}, jnp.asarray(batch.input_ids.numpy()),
+                                              method=T5.encode))
     valid = batch.attention_mask.numpy().astype(bool)
     np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # and the full model equals the one it came from
@@ -167,6 +192,23 @@ def test_encoder_only_export_is_a_t5_encoder_model(model_dir, tmp_path):
         assert json.load(f)["architectures"] == ["T5EncoderModel"]
     transformers.T5EncoderModel.from_pretrained(out)  # loads without missing keys
     assert export_hf.main(["--model_dir", path, "--output", out, "--encoder_only"]) == 1  # no silent overwrite
+    assert export_hf.main(["--model_dir", path, "--output", out, "--part", "encoder", "--overwrite"]) == 0
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []  # no staging left
+
+
+def test_a_crash_during_export_leaves_the_previous_export_whole(model_dir, tmp_path, monkeypatch):
+    path, _ = model_dir
+    out = tmp_path / "hf"
+    assert export_hf.main(["--model_dir", path, "--output", str(out)]) == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(t5_convert, "write_tokenizer", crash)
+    assert export_hf.main(["--model_dir", path, "--output", str(out), "--overwrite"]) == 1
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # the staging directory is gone
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):

@@ -86,6 +86,15 @@ def test_denoise_targets_align_with_inputs_after_packing(corpus):
         assert np.array_equal(inputs[~sentinel], targets[~sentinel])
         assert np.all(targets[sentinel] < 28) and sentinel.any()
         assert np.array_equal(batch["decoder_loss_weights"], (targets > 0).astype(np.int32))
+        # The objective says which positions it hid; packing keeps the flag aligned.
+        assert np.array_equal(batch["decoder_masked_weights"].astype(bool), sentinel)
+
+
+def test_span_corruption_marks_the_residues_of_the_target_spans(corpus):
+    batch = batches("unit_t5_span_corruption", count=1)[0]
+    targets, masked = batch["decoder_target_tokens"], batch["decoder_masked_weights"].astype(bool)
+    residues = (targets >= 3) & (targets < 28)  # not padding, EOS or a sentinel
+    assert np.array_equal(masked, residues) and masked.any()
 
 
 def test_bert_loss_weights_mark_chosen_positions(corpus):
@@ -106,9 +115,19 @@ def test_batches_are_deterministic_under_a_seed(corpus, objective):
                for a, b in zip(first, other))
 
 
-def test_span_corruption_targets_length_never_trims(corpus):
+def test_span_corruption_targets_length_follows_the_bound_noise_density(corpus):
+    import gin
+
     lengths = task_feature_lengths(get_task("unit_t5_span_corruption"), 512)
-    assert lengths == {"inputs": 512, "targets": 114}
+    assert lengths == {"inputs": 512, "targets": 114, "targets_masked": 114}
+    gin.parse_config("import prottrans_jax.data.objectives\n"
+                     "span_corruption_settings.noise_density = 0.3")
+    lengths = task_feature_lengths(get_task("unit_t5_span_corruption"), 512)
+    assert lengths["targets"] > 200  # no target trimmed at the new density
+    for batch in batches("unit_t5_span_corruption", length=512, batch_size=2, count=2):
+        masked = batch["decoder_masked_weights"].sum()
+        fill = (batch["encoder_segment_ids"] > 0).sum()
+        assert 0.25 < masked / (masked + fill) < 0.45  # about 30% of residues hidden
 
 
 def test_describe_batch_decodes_each_packed_protein(corpus):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import tasks
-from prottrans_jax import checkpoints
+from prottrans_jax import checkpoints, training
 from prottrans_jax import train as train_lib
+from prottrans_jax.data.dataset import get_task, task_feature_lengths
 from tests.test_trainer import short_protein_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,15 +70,15 @@ def test_stop_and_resume_equals_an_uninterrupted_run(straight_run, tmp_path, mon
 
 
 def test_resumed_input_stream_continues_where_it_stopped(corpus):
-    lengths = {"inputs": 64, "targets": 64}
-    straight = train_lib.train_batches("short_prott5_denoise", lengths, 4, seed=5)
+    lengths = task_feature_lengths(get_task("short_prott5_denoise"), 64)
+    straight = training.train_batches("short_prott5_denoise", lengths, 4, seed=5)
     expected = [next(straight) for _ in range(7)][4:]  # crosses an epoch boundary
-    resumed = train_lib.train_batches("short_prott5_denoise", lengths, 4, seed=5, start=4)
+    resumed = training.train_batches("short_prott5_denoise", lengths, 4, seed=5, start=4)
     for want in expected:
         got = next(resumed)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
-    other_seed = next(train_lib.train_batches("short_prott5_denoise", lengths, 4, seed=6, start=4))
+    other_seed = next(training.train_batches("short_prott5_denoise", lengths, 4, seed=6, start=4))
     assert not np.array_equal(other_seed["encoder_input_tokens"], expected[0]["encoder_input_tokens"])
 
 

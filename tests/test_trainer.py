@@ -15,9 +15,10 @@ import pytest
 
 from prottrans_jax import partitioning
 from prottrans_jax.fasta import read_fasta
+from prottrans_jax.models.base import Average, Sum, summarize
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
 from prottrans_jax.models.t5 import T5Config
-from prottrans_jax.trainer import Trainer, peak_flops_per_device, summarize
+from prottrans_jax.trainer import Trainer, peak_flops_per_device
 from tests.test_tfrecords_builder import SAMPLE, run_build
 
 # Tiny T5 (both stacks, relative bias, packing, dropout) that compiles in a few seconds.
@@ -52,11 +53,13 @@ def packed_batch(seed=0, rows=8, length=24):
     positions = np.concatenate([np.arange(length // 2), np.arange(length - length // 2)])
     positions = np.tile(positions, (rows, 1)).astype(np.int32) * (segments > 0)
     targets = targets * (segments > 0)
-    inputs = np.where(rng.random((rows, length)) < 0.15, 127, targets) * (segments > 0)
+    masked = (rng.random((rows, length)) < 0.15) & (segments > 0)
+    inputs = np.where(masked, 127, targets) * (segments > 0)
     decoder_inputs = np.roll(targets, 1, axis=1) * (positions > 0)
     return {"encoder_input_tokens": inputs, "encoder_segment_ids": segments,
             "encoder_positions": positions, "decoder_input_tokens": decoder_inputs,
             "decoder_target_tokens": targets, "decoder_loss_weights": (segments > 0).astype(np.int32),
+            "decoder_masked_weights": masked.astype(np.int32),
             "decoder_segment_ids": segments, "decoder_positions": positions}
 
 
@@ -75,14 +78,14 @@ def one_step(partitioner, model, batch, num_microbatches=1, params=None):
             trainer.checkpoint_shardings))
     before = jax.device_get(state["params"])
     with partitioner.context():
-        state, metrics = trainer.train_step(state, partitioner.host_local_batch_to_global(batch),
-                                            trainer.new_metrics())
+        device_batch = partitioner.host_local_batch_to_global(batch)
+        state, metrics = trainer.train_step(state, device_batch, trainer.new_metrics(device_batch))
     return before, jax.device_get(state["params"]), summarize(metrics)
 
 
 @pytest.mark.slow
 def test_train_step_on_meshes_and_rule_sets_equals_one_device():
-    model = EncoderDecoderModel(TINY, masked_positions="sentinel_inputs")
+    model = EncoderDecoderModel(TINY)
     batch = packed_batch()
     single = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
     before, after, metrics = one_step(single, model, batch)
@@ -96,19 +99,20 @@ def test_train_step_on_meshes_and_rule_sets_equals_one_device():
             np.testing.assert_allclose(got_metrics["loss"], metrics["loss"], rtol=1e-5, err_msg=where)
             np.testing.assert_allclose(got_metrics["grad_norm"], metrics["grad_norm"], rtol=1e-5,
                                        err_msg=where)
-            jax.tree.map(lambda a, b, w=where: np.testing.assert_allclose(a, b, atol=1e-5, err_msg=w),
+            jax.tree.map(lambda a, b, w=where: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5,
+                                                                        err_msg=w),
                          jax.tree.map(lambda a, b: a - b, before, got_after), grads)
 
 
 def test_microbatches_give_the_full_batch_gradient():
-    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0),
-                                masked_positions="sentinel_inputs")
+    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0))
     batch = packed_batch(1)
     partitioner = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
     before, full, m1 = one_step(partitioner, model, batch)
     _, micro, m4 = one_step(partitioner, model, batch, num_microbatches=4, params=before)
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
     assert m4["target_tokens"] == m1["target_tokens"] == np.sum(batch["decoder_loss_weights"])
+    assert m4["loss_count"] == m1["loss_count"] == m1["target_tokens"]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), micro, full)
 
 
@@ -121,17 +125,22 @@ class Toy(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ToyModel:
-    """The trainer's model interface in a few lines: the loss is finite unless x is."""
+    """The trainer's model interface in a few lines, with metrics of its own naming: the
+    trainer must carry whatever a model returns. The loss is finite unless x is."""
+
+    family = "toy"
+    config = None
+    headline_metrics = ("loss", "half")
 
     def init_params(self, rng):
         return Toy().init(rng, jnp.zeros((1, 4)))["params"]
 
     def loss_and_metrics(self, params, batch, rng, train):
         y = Toy().apply({"params": params}, batch["x"])
-        ones = jnp.asarray(batch["x"].shape[0], jnp.float32)
-        aux = {"weight_sum": ones, "correct": ones, "masked_correct": ones / 2,
-               "masked_count": ones, "masked_loss": ones, "z_loss": 0.0 * ones, "num_sequences": ones}
-        return jnp.sum(jnp.square(y - 1.0)), aux
+        rows = jnp.asarray(batch["x"].shape[0], jnp.float32)
+        loss_sum = jnp.sum(jnp.square(y - 1.0))
+        return loss_sum, {"loss": Average(loss_sum, rows), "half": Average(rows / 2, rows),
+                          "rows": Sum(rows)}
 
 
 def test_non_finite_loss_leaves_the_state_untouched_and_halts_for_good():
@@ -140,7 +149,7 @@ def test_non_finite_loss_leaves_the_state_untouched_and_halts_for_good():
     state = trainer.init_state()
     good = {"x": np.full((8, 4), 0.5, np.float32)}
     bad = {"x": np.full((8, 4), np.inf, np.float32)}
-    metrics = trainer.new_metrics()
+    metrics = trainer.new_metrics(good)
     with partitioner.context():
         for _ in range(3):
             state, metrics = trainer.train_step(state, partitioner.host_local_batch_to_global(good),
@@ -155,36 +164,54 @@ def test_non_finite_loss_leaves_the_state_untouched_and_halts_for_good():
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.checkpointed(state)),
                  last_good)
     summary = summarize(metrics)
-    assert summary["steps"] == 3 and np.isfinite(summary["loss"])
-    assert summary["masked_accuracy"] == 0.5 and summary["accuracy"] == 1.0
+    assert summary["steps"] == 3 and np.isfinite(summary["loss"])  # skipped steps add nothing
+    assert summary["half"] == 0.5 and summary["rows"] == 24 and summary["loss_count"] == 24
+    assert set(summary) == {"loss", "loss_count", "half", "half_count", "rows", "grad_norm",
+                            "grad_norm_count", "steps"}
 
 
-def test_masked_positions_per_objective():
+def test_masked_metrics_follow_the_explicit_masked_feature():
+    """Which positions are hidden comes from the batch, never from the token ids."""
     batch = packed_batch(2)
-    model = EncoderDecoderModel(TINY)
-    aligned = model.for_task("x_prott5_denoise").masked_weights(batch)
-    np.testing.assert_array_equal(aligned, (batch["encoder_input_tokens"] >= 28)
-                                  * batch["decoder_loss_weights"])
-    spans = {**batch, "decoder_target_tokens": np.array([[127, 5, 6, 126, 9, 1, 0, 0]] * 8),
-             "decoder_loss_weights": np.array([[1, 1, 1, 1, 1, 1, 0, 0]] * 8)}
-    residues = model.for_task("x_t5_span_corruption").masked_weights(spans)
-    np.testing.assert_array_equal(residues[0], [0, 1, 1, 0, 1, 0, 0, 0])
-    with pytest.raises(ValueError, match="for_task"):
-        model.masked_weights(batch)
+    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0))
+    params = model.init_params(jax.random.key(0))
+    _, metrics = model.loss_and_metrics(params, batch, jax.random.key(1), train=False)
+    assert float(metrics["masked_accuracy"].count) == batch["decoder_masked_weights"].sum() > 0
+    shifted = {**batch, "decoder_masked_weights": np.roll(batch["decoder_masked_weights"], 1, axis=1)}
+    _, other = model.loss_and_metrics(params, shifted, jax.random.key(1), train=False)
+    assert float(other["masked_loss"].total) != float(metrics["masked_loss"].total)
+    np.testing.assert_array_equal(model.masked_targets(batch)[1], batch["decoder_masked_weights"])
+
+
+def test_loss_on_masked_positions_only_scores_the_hidden_residues():
+    """ProtT5-EvoTuning's loss: the masked positions alone."""
+    batch = packed_batch(4)
+    config = dataclasses.replace(TINY, dropout_rate=0.0)
+    params = EncoderDecoderModel(config).init_params(jax.random.key(0))
+    _, everything = EncoderDecoderModel(config, z_loss=0.0).loss_and_metrics(
+        params, batch, jax.random.key(1), False)
+    loss_sum, masked = EncoderDecoderModel(config, z_loss=0.0, loss_on="masked").loss_and_metrics(
+        params, batch, jax.random.key(1), False)
+    assert float(masked["loss"].count) == batch["decoder_masked_weights"].sum()
+    assert float(everything["loss"].count) == batch["decoder_loss_weights"].sum()
+    np.testing.assert_allclose(float(loss_sum), float(masked["masked_loss"].total), rtol=1e-6)
+    with pytest.raises(ValueError, match="loss_on"):
+        EncoderDecoderModel(config, loss_on="sentinels")
 
 
 def test_masked_loss_is_the_cross_entropy_of_the_hidden_residues_alone():
     batch = packed_batch(3)
-    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0)).for_task("x_prott5_denoise")
+    model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0))
     params = model.init_params(jax.random.key(0))
-    _, aux = model.loss_and_metrics(params, batch, jax.random.key(1), train=False)
+    _, metrics = model.loss_and_metrics(params, batch, jax.random.key(1), train=False)
     logits = np.asarray(model.logits(params, batch, jax.random.key(1), False), np.float64)
     log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
     chosen = np.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], -1)[..., 0]
-    hidden = np.asarray(model.masked_weights(batch))
+    hidden = batch["decoder_masked_weights"]
     assert hidden.sum() > 10
-    np.testing.assert_allclose(aux["masked_loss"], -np.sum(chosen * hidden), rtol=1e-5)
-    assert float(aux["masked_count"]) == hidden.sum()
+    np.testing.assert_allclose(float(metrics["masked_loss"].total), -np.sum(chosen * hidden),
+                               rtol=1e-5, atol=1e-5)
+    assert float(metrics["masked_loss"].count) == hidden.sum()
 
 
 def test_flops_count_reads_the_same_inside_a_mesh_context():

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from prottrans_jax.vocab import (get_vocabulary, load_bert_vocab_file, normalize_sequence,
-                                 prot_bert_vocabulary, prot_t5_vocabulary, space_separate)
+from prottrans_jax.vocab import (ProteinVocabulary, normalize_sequence, prot_bert_vocabulary,
+                                 prot_t5_vocabulary, space_separate)
+
+VOCABULARIES = {"prot_t5": prot_t5_vocabulary, "prot_bert": prot_bert_vocabulary}
 
 
 def test_prot_t5_table_matches_released_tokenizer():
@@ -32,7 +34,7 @@ def test_prot_bert_table_matches_released_vocab_txt():
 
 @pytest.mark.parametrize("name", ["prot_t5", "prot_bert"])
 def test_encode_accepts_lower_case_and_maps_rare_residues_to_x(name):
-    vocab = get_vocabulary(name)
+    vocab = VOCABULARIES[name]()
     x = vocab.encode("X")[0]
     assert vocab.encode("m k t a") == vocab.encode("M K T A")
     assert vocab.encode("U Z O B") == [x] * 4
@@ -42,7 +44,7 @@ def test_encode_accepts_lower_case_and_maps_rare_residues_to_x(name):
 
 @pytest.mark.parametrize("name", ["prot_t5", "prot_bert"])
 def test_tf_encoding_equals_python_encoding(name):
-    vocab = get_vocabulary(name)
+    vocab = VOCABULARIES[name]()
     text = "M K T a u W Y C H Q"
     assert vocab.encode_tf(tf.constant(text)).numpy().tolist() == vocab.encode(text)
     ids = tf.constant([vocab.encode(text) + [vocab.eos_id, 0, 0]])
@@ -70,17 +72,13 @@ def test_normalize_and_space_separate():
     assert space_separate("MKT") == "M K T"
 
 
-def test_bert_vocab_file_reader(tmp_path):
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(prot_bert_vocabulary().pieces) + "\n")
-    assert load_bert_vocab_file(path) == list(prot_bert_vocabulary().pieces)
-    with pytest.raises(FileNotFoundError, match="no such vocabulary file"):
-        load_bert_vocab_file(tmp_path / "missing.txt")
-
-
-def test_unknown_vocabulary_name():
-    with pytest.raises(ValueError, match="unknown vocabulary 'esm'"):
-        get_vocabulary("esm")
+def test_a_table_without_x_encodes_x_and_rare_residues_as_unk():
+    """Tokenizers shipped with other weights (antiberty's: 20 residues, no X) are read as is."""
+    letters = {aa: 5 + i for i, aa in enumerate("ACDEFGHIKLMNPQRSTVWY")}
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters]
+    vocab = ProteinVocabulary("antibody", pieces, letters, pad_id=0, eos_id=3, unk_id=1, bos_id=2)
+    assert vocab.encode("A C X U") == [5, 6, 1, 1]
+    assert len(vocab.residue_ids) == 20 and vocab.decode([5, 1]) == "A [UNK]"
 
 
 def test_vocabularies_compare_by_table():

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from prottrans_jax.errors import first_line
+
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
@@ -89,7 +91,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
                     out[name] = _read_safetensors_tensor_with_torch(path, name)
         return out
     except Exception as err:  # safetensors raises its own error types
-        raise ValueError(f"cannot read safetensors weights {path}: {_first_line(err)}") from None
+        raise ValueError(f"cannot read safetensors weights {path}: {first_line(err)}") from None
 
 
 def _read_safetensors_tensor_with_torch(path: str, name: str) -> np.ndarray:
@@ -107,7 +109,7 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"cannot read PyTorch weights {path} (weights_only=True): {_first_line(err)}") from None
+        raise ValueError(f"cannot read PyTorch weights {path} (weights_only=True): {first_line(err)}") from None
     if not isinstance(state_dict, dict):
         raise ValueError(f"cannot read PyTorch weights {path}: expected a state_dict, got {type(state_dict).__name__}")
     out = {}
@@ -120,7 +122,3 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
         out[name] = tensor.numpy()
     return out
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -1,29 +1,32 @@
-"""Hugging Face T5 (PyTorch state_dict names) <-> our Flax T5 parameters, both directions.
+"""Hugging Face T5 (PyTorch state_dict names) <-> our Flax T5 parameters, and ProtT5's tokenizer.
 
     config = config_from_hf(load_hf_config(d), state_dict := load_hf_state_dict(d))
     params = hf_to_flax(state_dict, config)          # {'token_embedder', 'encoder', 'decoder'}
     state_dict = flax_to_hf(params, config)           # for save_hf_model / from_pretrained
 
-Linear weights are (out, in) in PyTorch and (in, out) kernels here, so they are transposed;
-the relative position table is (buckets, heads) there and (heads, buckets) here, and lives in
-layer 0 there but once per stack here. Scanned models stack each layer's arrays along a
-leading `layers` axis. An encoder-only checkpoint (`T5EncoderModel`: shared + encoder.*)
-converts to the {'token_embedder', 'encoder'} subset, which is all `T5.encode` reads.
+The family's table for `convert/mapping.py`: linear weights are transposed; the relative
+position table is (buckets, heads) there and (heads, buckets) here, and lives in layer 0
+there but once per stack here. An encoder-only checkpoint (`T5EncoderModel`: shared +
+encoder.*) converts to the {'token_embedder', 'encoder'} subset (part "encoder"), which is all
+`T5.encode` reads. The tokenizer half writes and reads ProtT5's SentencePiece files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterator
+import json
+import os
+from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
+from prottrans_jax.convert import mapping
 from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
+from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap
+from prottrans_jax.errors import first_line
 from prottrans_jax.models.t5 import T5Config, abstract_variables
-from prottrans_jax.partitioning import unbox_shapes
+from prottrans_jax.vocab import PROT_T5_NUM_SENTINELS, ProteinVocabulary, prot_t5_vocabulary
 
+PARTS = ("full", "encoder")
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 LM_HEAD_KEY = "lm_head.weight"
 # Old checkpoints carry a cross-attention position table that T5 never uses (HF ignores it too).
@@ -32,120 +35,101 @@ IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias
 _ATTENTION = (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
 
 
-# ------------------------------------------------------------------------------ mapping
+# ------------------------------------------------------------------------------ the table
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    """One parameter: its Flax path, its HF name, and whether the matrix is transposed."""
-
-    flax_path: tuple[str, ...]
-    hf_key: str
-    transpose: bool
-
-
-def _mlp_entries(prefix: tuple[str, ...], hf_prefix: str, config: T5Config) -> list[_Entry]:
+def _mlp_entries(hf_prefix: str, config: T5Config) -> list[Entry]:
     names = ("wi", "wo") if config.feed_forward == "relu" else ("wi_0", "wi_1", "wo")
-    return [_Entry(prefix + ("mlp", n, "kernel"), f"{hf_prefix}.DenseReluDense.{n}.weight", True) for n in names]
+    return [Entry(("mlp", n, "kernel"), f"{hf_prefix}.DenseReluDense.{n}.weight", TRANSPOSE) for n in names]
 
 
-def _attention_entries(prefix: tuple[str, ...], hf_prefix: str) -> list[_Entry]:
-    return [_Entry(prefix + (ours, "kernel"), f"{hf_prefix}.{theirs}.weight", True) for ours, theirs in _ATTENTION]
+def _attention_entries(prefix: str, hf_prefix: str) -> list[Entry]:
+    return [Entry((prefix, ours, "kernel"), f"{hf_prefix}.{theirs}.weight", TRANSPOSE) for ours, theirs in _ATTENTION]
 
 
-def _layer_entries(stack: str, config: T5Config) -> list[_Entry]:
+def _layer_entries(stack: str, config: T5Config) -> tuple[Entry, ...]:
     """Entries of layer i with flax paths relative to the layer and `{i}` in the HF names."""
     p = f"{stack}.block.{{i}}.layer"
     if stack == "encoder":
-        return [
-            _Entry(("pre_attention_layer_norm", "scale"), f"{p}.0.layer_norm.weight", False),
-            *_attention_entries(("attention",), f"{p}.0.SelfAttention"),
-            _Entry(("pre_mlp_layer_norm", "scale"), f"{p}.1.layer_norm.weight", False),
-            *_mlp_entries((), f"{p}.1", config),
-        ]
-    return [
-        _Entry(("pre_self_attention_layer_norm", "scale"), f"{p}.0.layer_norm.weight", False),
-        *_attention_entries(("self_attention",), f"{p}.0.SelfAttention"),
-        _Entry(("pre_cross_attention_layer_norm", "scale"), f"{p}.1.layer_norm.weight", False),
-        *_attention_entries(("encoder_decoder_attention",), f"{p}.1.EncDecAttention"),
-        _Entry(("pre_mlp_layer_norm", "scale"), f"{p}.2.layer_norm.weight", False),
-        *_mlp_entries((), f"{p}.2", config),
-    ]
+        return (
+            Entry(("pre_attention_layer_norm", "scale"), f"{p}.0.layer_norm.weight"),
+            *_attention_entries("attention", f"{p}.0.SelfAttention"),
+            Entry(("pre_mlp_layer_norm", "scale"), f"{p}.1.layer_norm.weight"),
+            *_mlp_entries(f"{p}.1", config),
+        )
+    return (
+        Entry(("pre_self_attention_layer_norm", "scale"), f"{p}.0.layer_norm.weight"),
+        *_attention_entries("self_attention", f"{p}.0.SelfAttention"),
+        Entry(("pre_cross_attention_layer_norm", "scale"), f"{p}.1.layer_norm.weight"),
+        *_attention_entries("encoder_decoder_attention", f"{p}.1.EncDecAttention"),
+        Entry(("pre_mlp_layer_norm", "scale"), f"{p}.2.layer_norm.weight"),
+        *_mlp_entries(f"{p}.2", config),
+    )
 
 
-def _stack_entries(stack: str, config: T5Config) -> list[_Entry]:
+def _stack_entries(stack: str, config: T5Config) -> list[Entry]:
     """Per-stack (not per-layer) entries."""
     norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
     entries = [
-        _Entry((stack, "relpos_bias", "rel_embedding"), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
-        _Entry((stack, norm, "scale"), f"{stack}.final_layer_norm.weight", False),
+        Entry((stack, "relpos_bias", "rel_embedding"),
+              f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", TRANSPOSE),
+        Entry((stack, norm, "scale"), f"{stack}.final_layer_norm.weight"),
     ]
     if stack == "decoder" and not config.tie_word_embeddings:
-        entries.append(_Entry(("decoder", "logits_dense", "kernel"), LM_HEAD_KEY, True))
+        entries.append(Entry(("decoder", "logits_dense", "kernel"), LM_HEAD_KEY, TRANSPOSE))
     return entries
 
 
-def _num_layers(stack: str, config: T5Config) -> int:
-    return config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+def _stacks(part: str) -> tuple[str, ...]:
+    return ("encoder",) if part == "encoder" else ("encoder", "decoder")
 
 
-def _stacks(encoder_only: bool) -> tuple[str, ...]:
-    return ("encoder",) if encoder_only else ("encoder", "decoder")
+def param_map(config: T5Config, part: str, embedding_key: str = "shared.weight") -> ParamMap:
+    """The T5 table for `part`: "full" (encoder-decoder) or "encoder"."""
+    entries = [Entry(("token_embedder", "embedding"), embedding_key)]
+    stacks = []
+    for stack in _stacks(part):
+        entries += _stack_entries(stack, config)
+        layers = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+        stacks.append(LayerStack((stack,), layers, _layer_entries(stack, config), config.scan_layers))
+    return ParamMap(tuple(entries), tuple(stacks))
 
 
-# ------------------------------------------------------------------------------ HF -> ours
+def _part(part: str | None, state_dict) -> str:
+    """None: "encoder" for a `T5EncoderModel` checkpoint (no decoder.* weights), else "full"."""
+    if part is None:
+        return "full" if any(k.startswith("decoder.") for k in state_dict) else "encoder"
+    if part not in PARTS:
+        raise ValueError(f"T5 part {part!r}; expected one of {PARTS}")
+    return part
 
 
-def hf_to_flax(
-    state_dict: dict[str, Any], config: T5Config, encoder_only: bool | None = None
-) -> dict[str, Any]:
+# ------------------------------------------------------------------------------ HF <-> ours
+
+
+def hf_to_flax(state_dict: dict[str, Any], config: T5Config, part: str | None = None) -> dict[str, Any]:
     """Hugging Face T5 weights -> our params tree (numpy arrays in config.param_dtype).
 
-    encoder_only=None detects a `T5EncoderModel` checkpoint (no decoder.* weights).
-    Every HF weight must be used and every parameter filled, else ValueError naming the key.
+    part=None detects a `T5EncoderModel` checkpoint (no decoder.* weights). Every HF weight
+    must be used (the decoder of a full checkpoint counts as used for part "encoder") and
+    every parameter filled, else ValueError naming the key.
     """
     state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
-    if encoder_only is None:
-        encoder_only = not any(k.startswith("decoder.") for k in state_dict)
-    dtype = np.dtype(config.param_dtype)
-    used: set[str] = set(k for k in IGNORED_KEYS if k in state_dict)
-    if encoder_only:  # the encoder of a full checkpoint: its decoder is not needed
-        used.update(k for k in state_dict if k.startswith("decoder.") or k == LM_HEAD_KEY)
-    params: dict[str, Any] = {}
-
-    def take(key: str, transpose: bool) -> np.ndarray:
-        if key not in state_dict:
-            raise ValueError(f"missing Hugging Face weight {key!r} for T5 config {_short(config)}")
-        used.add(key)
-        array = state_dict[key]
-        return np.asarray(array.T if transpose else array, dtype)
-
+    part = _part(part, state_dict)
     embedding_key = next((k for k in EMBEDDING_KEYS if k in state_dict), None)
     if embedding_key is None:
         raise ValueError(f"missing Hugging Face weight 'shared.weight' (nor any alias {EMBEDDING_KEYS[1:]})")
-    _set(params, ("token_embedder", "embedding"), take(embedding_key, False))
+    ignored = set(k for k in IGNORED_KEYS if k in state_dict)
+    if part == "encoder":  # the encoder of a full checkpoint: its decoder is not needed
+        ignored.update(k for k in state_dict if k.startswith("decoder.") or k == LM_HEAD_KEY)
     tied_copies = EMBEDDING_KEYS + ((LM_HEAD_KEY,) if config.tie_word_embeddings else ())
     for key in tied_copies:  # other names of the same table must hold the same values
-        if key in state_dict and key not in used and key != embedding_key:
+        if key in state_dict and key not in ignored and key != embedding_key:
             _check_tied_copy(state_dict, key, embedding_key)
-            used.add(key)
-
-    for stack in _stacks(encoder_only):
-        for entry in _stack_entries(stack, config):
-            _set(params, entry.flax_path, take(entry.hf_key, entry.transpose))
-        n = _num_layers(stack, config)
-        for entry in _layer_entries(stack, config):
-            per_layer = [take(entry.hf_key.format(i=i), entry.transpose) for i in range(n)]
-            if config.scan_layers:
-                _set(params, (stack, "layers") + entry.flax_path, np.stack(per_layer, axis=0))
-            else:
-                for i, array in enumerate(per_layer):
-                    _set(params, (stack, f"layers_{i}") + entry.flax_path, array)
-
-    unused = sorted(k for k in state_dict if k not in used)
-    if unused:
-        raise ValueError(f"Hugging Face weight {unused[0]!r} has no place in T5 config {_short(config)} ({len(unused)} unused)")
-    _check_shapes(params, config, encoder_only)
+            ignored.add(key)
+    params = mapping.hf_to_flax(state_dict, param_map(config, part, embedding_key), config.param_dtype,
+                                ignored=ignored, what=f"T5 config {_short(config)}")
+    mapping.check_shapes(params, abstract_variables(config, encoder_only=part == "encoder")["params"])
     return params
 
 
@@ -159,54 +143,18 @@ def _check_tied_copy(state_dict: dict[str, np.ndarray], key: str, embedding_key:
         )
 
 
-def _check_shapes(params: dict[str, Any], config: T5Config, encoder_only: bool) -> None:
-    """Every parameter the model declares is present with the declared shape, and no other."""
-    expected = unbox_shapes(abstract_variables(config, encoder_only=encoder_only))["params"]
-    expected_flat = dict(_flatten(expected))
-    got_flat = dict(_flatten(params))
-    for path, abstract in expected_flat.items():
-        if path not in got_flat:
-            raise ValueError(f"no Hugging Face weight maps to parameter {'/'.join(path)}")
-        if tuple(got_flat[path].shape) != tuple(abstract.shape):
-            raise ValueError(
-                f"shape mismatch for parameter {'/'.join(path)}: converted {tuple(got_flat[path].shape)}, "
-                f"model expects {tuple(abstract.shape)} (check the config against the checkpoint)"
-            )
-    for path in got_flat:
-        if path not in expected_flat:
-            raise ValueError(f"converted parameter {'/'.join(path)} is not declared by the model")
-
-
-# ------------------------------------------------------------------------------ ours -> HF
-
-
-def flax_to_hf(params: Any, config: T5Config, encoder_only: bool | None = None) -> dict[str, np.ndarray]:
+def flax_to_hf(params: Any, config: T5Config, part: str | None = None) -> dict[str, np.ndarray]:
     """Our params (boxed or plain, scanned or not) -> Hugging Face T5 state_dict of numpy arrays.
 
     Writes each tensor once under its canonical name (`shared.weight`; `lm_head.weight` only
-    when untied); `from_pretrained` ties the embedding aliases itself.
+    when untied); `from_pretrained` ties the embedding aliases itself. part=None: "encoder"
+    when the params hold no decoder.
     """
-    params = jax.tree.map(np.asarray, nn.unbox(params))
     if "params" in params and "token_embedder" not in params:
         params = params["params"]
-    if encoder_only is None:
-        encoder_only = "decoder" not in params
-    state_dict = {"shared.weight": _get(params, ("token_embedder", "embedding"))}
-    for stack in _stacks(encoder_only):
-        for entry in _stack_entries(stack, config):
-            state_dict[entry.hf_key] = _to_hf(_get(params, entry.flax_path), entry)
-        for entry in _layer_entries(stack, config):
-            for i in range(_num_layers(stack, config)):
-                if config.scan_layers:
-                    array = _get(params, (stack, "layers") + entry.flax_path)[i]
-                else:
-                    array = _get(params, (stack, f"layers_{i}") + entry.flax_path)
-                state_dict[entry.hf_key.format(i=i)] = _to_hf(array, entry)
-    return state_dict
-
-
-def _to_hf(array: np.ndarray, entry: _Entry) -> np.ndarray:
-    return np.ascontiguousarray(array.T if entry.transpose else array)
+    if part is None:
+        part = "full" if "decoder" in params else "encoder"
+    return mapping.flax_to_hf(params, param_map(config, _part(part, ())))
 
 
 # ------------------------------------------------------------------------------ configs
@@ -269,10 +217,10 @@ def config_from_hf(
     return T5Config(**kwargs)
 
 
-def hf_config_from(config: T5Config, encoder_only: bool = False) -> dict[str, Any]:
+def hf_config_from(config: T5Config, part: str = "full") -> dict[str, Any]:
     """T5Config -> a Hugging Face `config.json` dict that transformers 5 loads equivalently."""
     return {
-        "architectures": ["T5EncoderModel" if encoder_only else "T5ForConditionalGeneration"],
+        "architectures": ["T5EncoderModel" if _part(part, ()) == "encoder" else "T5ForConditionalGeneration"],
         "model_type": "t5",
         "is_encoder_decoder": True,
         "vocab_size": config.vocab_size,
@@ -306,34 +254,122 @@ def load_hf_t5(model_dir: str, **overrides: Any) -> tuple[T5Config, dict[str, An
     return config, hf_to_flax(state_dict, config)
 
 
-# ------------------------------------------------------------------------------ tree utils
-
-
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Any, path: tuple[str, ...]) -> Any:
-    node = tree
-    for name in path:
-        if not isinstance(node, dict) or name not in node:
-            raise ValueError(f"params have no entry {'/'.join(path)} (config does not match the params)")
-        node = node[name]
-    return node
-
-
-def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    if isinstance(tree, dict):
-        for name, sub in tree.items():
-            yield from _flatten(sub, prefix + (name,))
-    else:
-        yield prefix, tree
-
-
 def _short(config: T5Config) -> str:
     return (
         f"(d_model={config.d_model}, layers={config.num_encoder_layers}+{config.num_decoder_layers}, "
         f"feed_forward={config.feed_forward}, tied={config.tie_word_embeddings})"
     )
+
+
+# ------------------------------------------------------------------------------ tokenizer
+# The T5 convention, as the released ProtT5 tokenizers: the SentencePiece model holds the 28
+# pieces <pad> </s> <unk> and the 25 residues; T5Tokenizer appends `extra_ids` sentinels at
+# the top of the table in reverse (<extra_id_0> = last id).
+
+SPIECE = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+
+
+def write_tokenizer(output_dir: str, vocabulary: ProteinVocabulary | None = None) -> None:
+    """spiece.model + tokenizer_config.json + special_tokens_map.json for ProtT5's table.
+
+    The SentencePiece model is built from its protobuf: pieces 0..27 of the table (identity
+    normaliser, so nothing is case-folded or NFKC-mapped); T5Tokenizer adds the 100 sentinels.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    vocabulary = vocabulary or prot_t5_vocabulary()
+    if vocabulary != prot_t5_vocabulary():
+        raise ValueError(f"only ProtT5's id table can be written as a T5 tokenizer, not {vocabulary!r}")
+    pieces = vocabulary.pieces[: len(vocabulary.pieces) - PROT_T5_NUM_SENTINELS]
+    model = sp_pb2.ModelProto()
+    model.trainer_spec.model_type = sp_pb2.TrainerSpec.UNIGRAM
+    model.trainer_spec.vocab_size = len(pieces)
+    model.trainer_spec.pad_id, model.trainer_spec.eos_id = vocabulary.pad_id, vocabulary.eos_id
+    model.trainer_spec.unk_id, model.trainer_spec.bos_id = vocabulary.unk_id, -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = True
+    model.normalizer_spec.escape_whitespaces = True
+    kinds = {vocabulary.pad_id: sp_pb2.ModelProto.SentencePiece.CONTROL,
+             vocabulary.eos_id: sp_pb2.ModelProto.SentencePiece.CONTROL,
+             vocabulary.unk_id: sp_pb2.ModelProto.SentencePiece.UNKNOWN}
+    for token_id, text in enumerate(pieces):
+        piece = model.pieces.add()
+        piece.piece = text
+        piece.type = kinds.get(token_id, sp_pb2.ModelProto.SentencePiece.NORMAL)
+        piece.score = 0.0 if token_id in kinds else -float(token_id)  # every residue is one piece
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, SPIECE), "wb") as f:
+        f.write(model.SerializeToString())
+    specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                "additional_special_tokens": [f"<extra_id_{i}>" for i in range(PROT_T5_NUM_SENTINELS)]}
+    tokenizer_config = {"tokenizer_class": "T5Tokenizer", "extra_ids": PROT_T5_NUM_SENTINELS,
+                        "do_lower_case": False, "model_max_length": 1000000000, **specials}
+    _write_json(os.path.join(output_dir, TOKENIZER_CONFIG), tokenizer_config)
+    _write_json(os.path.join(output_dir, SPECIAL_TOKENS_MAP), specials)
+
+
+def tokenizer_pieces(model_dir: str) -> list[str]:
+    """The id -> piece table of a Hugging Face T5 directory's tokenizer files.
+
+    Reads spiece.model (sentencepiece; T5Tokenizer's `extra_ids` sentinels appended as it
+    does) or else tokenizer.json (a Unigram vocabulary plus its added tokens).
+    """
+    spiece = os.path.join(model_dir, SPIECE)
+    tokenizer_json = os.path.join(model_dir, TOKENIZER_JSON)
+    if os.path.isfile(spiece):
+        import sentencepiece as spm
+
+        try:
+            processor = spm.SentencePieceProcessor(model_file=spiece)
+        except Exception as err:
+            raise ValueError(f"cannot read the tokenizer {spiece}: {first_line(err)}") from None
+        table = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+        if not any(piece.startswith("<extra_id_") for piece in table):
+            extra_ids = _read_json(os.path.join(model_dir, TOKENIZER_CONFIG)).get("extra_ids", 100)
+            table += [f"<extra_id_{n}>" for n in reversed(range(int(extra_ids)))]
+        return table
+    if os.path.isfile(tokenizer_json):
+        data = _read_json(tokenizer_json)
+        try:
+            table = {i: piece for i, (piece, _) in enumerate(data["model"]["vocab"])}
+            table.update({int(t["id"]): t["content"] for t in data.get("added_tokens", [])})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"cannot read the tokenizer {tokenizer_json}: not a Unigram vocabulary ({err!r})") from None
+        if sorted(table) != list(range(len(table))):
+            raise ValueError(f"tokenizer {tokenizer_json} has gaps in its ids")
+        return [table[i] for i in range(len(table))]
+    raise FileNotFoundError(
+        f"no tokenizer files in {model_dir} ({SPIECE} or {TOKENIZER_JSON}): they are needed to check "
+        "that the model's token ids are ProtT5's; copy them from the released model")
+
+
+def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> ProteinVocabulary:
+    """ProtT5's vocabulary, if `pieces` are exactly its table (else ValueError naming the id)."""
+    vocabulary = prot_t5_vocabulary()
+    ours = list(vocabulary.pieces)
+    for token_id, (a, b) in enumerate(zip(pieces, ours)):
+        if a != b:
+            raise ValueError(f"{where} disagrees with ProtT5's id table at id {token_id}: "
+                             f"{a!r} there, {b!r} in prottrans_jax.vocab; this is not a ProtT5 tokenizer")
+    if len(pieces) != len(ours):
+        raise ValueError(f"{where} has {len(pieces)} ids, ProtT5's table {len(ours)}")
+    return vocabulary
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None

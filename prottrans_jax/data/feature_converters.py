@@ -1,10 +1,14 @@
 """Feature converters: task features -> the model's packed, fixed-shape batch features.
 
-Encoder-decoder models (ProtT5) use seqio's `EncDecFeatureConverter` unchanged (T5X's);
-encoder-only masked language models (ProtBert, ProtAlbert, ProtElectra) use
-`EncoderMLMFeatureConverter`, which carries the objective's own loss weights, because BERT
-also scores the 10% random and 10% unchanged positions that seqio's `EncoderFeatureConverter`
-(loss where input == [MASK]) would miss.
+Each model declares the converter its batches come from (`model.feature_converter_cls`), and
+a converter's `TASK_FEATURES` say what a task must provide, so a task of another objective is
+refused before training starts (`check_task_fits`).
+
+- `EncDecMaskedFeatureConverter` (ProtT5): seqio's `EncDecFeatureConverter` (T5X's), plus the
+  objective's hidden positions, "targets_masked" -> `decoder_masked_weights`.
+- `EncoderMLMFeatureConverter` (ProtBert, ProtAlbert, ProtElectra) carries the objective's
+  own loss weights, because BERT also scores the 10% random and 10% unchanged positions that
+  seqio's `EncoderFeatureConverter` (loss where input == [MASK]) would miss.
 
 Packing puts several proteins in one row; `*_segment_ids` (1, 2, ...; 0 = padding) keep
 attention within a protein and `*_positions` restart at 0 for each protein.
@@ -19,21 +23,37 @@ import tensorflow as tf
 
 from prottrans_jax.data.objectives import CHOSEN
 
-EncDecFeatureConverter = seqio.EncDecFeatureConverter
+_INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+
+
+class EncDecMaskedFeatureConverter(seqio.EncDecFeatureConverter):
+    """seqio's encoder-decoder converter that also carries which targets were hidden."""
+
+    TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES, "targets_masked": _INT}
+    MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                      "decoder_masked_weights": _INT}
+
+    def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+        converted = dict(super()._convert_example(features))
+        converted["decoder_masked_weights"] = tf.cast(
+            tf.equal(features["targets_masked"], CHOSEN), tf.int32)
+        return converted
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> Mapping[str, int]:
+        lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+        lengths["decoder_masked_weights"] = task_feature_lengths["targets"]
+        return lengths
 
 
 class EncoderMLMFeatureConverter(seqio.FeatureConverter):
     """{"inputs", "targets", "mlm_weights"} -> encoder_{input,target}_tokens, loss weights."""
 
-    TASK_FEATURES = {
-        "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-        "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-        "mlm_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-    }
+    TASK_FEATURES = {"inputs": _INT, "targets": _INT, "mlm_weights": _INT}
     MODEL_FEATURES = {
-        "encoder_input_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-        "encoder_target_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-        "encoder_loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+        "encoder_input_tokens": _INT,
+        "encoder_target_tokens": _INT,
+        "encoder_loss_weights": _INT,
     }
     PACKING_FEATURE_DTYPES = {
         "encoder_segment_ids": tf.int32,
@@ -62,3 +82,13 @@ class EncoderMLMFeatureConverter(seqio.FeatureConverter):
         names = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES)
                                              if self.pack else [])
         return {name: length for name in names}
+
+
+def check_task_fits(task_name: str, task_features, converter_cls: type, model_name: str) -> None:
+    """Raises ValueError (one line) unless the task provides exactly the converter's features."""
+    wanted, have = set(converter_cls.TASK_FEATURES), set(task_features)
+    if wanted != have:
+        raise ValueError(
+            f"task {task_name!r} has features {sorted(have)}, but {model_name} reads "
+            f"{sorted(wanted)} through {converter_cls.__name__}: choose a task of this model's "
+            "objective, or the model of this task's objective")

@@ -6,13 +6,19 @@ TFDS with old nightlies when installed. Each objective takes tokenised, cropped 
 
 - `prott5_denoise`: ProtT5's real objective (agemagician/ProtTrans issues #93, #137, #148):
   residues chosen i.i.d. with probability 0.15, each replaced by a sentinel (<extra_id_0>,
-  <extra_id_1>, ... in order; optionally one mask token for all); target = the whole original
-  sequence. Inputs and targets have equal length, so position i of the decoder target is the
-  residue hidden at position i of the encoder input.
+  <extra_id_1>, ... in order; optionally one mask token for all, as ProtT5-EvoTuning does);
+  target = the whole original sequence. Inputs and targets have equal length, so position i
+  of the decoder target is the residue hidden at position i of the encoder input.
 - `t5_span_corruption`: T5's objective: noise density 0.15, mean noise span length 3, one
-  unique sentinel per span in the inputs; targets = sentinel + span, for each span.
+  unique sentinel per span in the inputs; targets = sentinel + span, for each span. Both
+  numbers are bound once, in `span_corruption_settings`: the crop, the corruption and the
+  task's targets length all read them there.
 - `bert_mlm`: BERT's objective: residues chosen with probability 0.15; of those 80% become
-  [MASK], 10% a random residue, 10% stay; loss only on chosen positions ("mlm_weights").
+  [MASK], 10% a random token, 10% stay; loss only on chosen positions ("mlm_weights").
+
+Every objective says explicitly which target positions it hid (`targets_masked` for the T5
+objectives, `mlm_weights` for BERT's, coded NOT_CHOSEN / CHOSEN), so masked-token metrics
+never have to be guessed back from token ids.
 
 Sentinel k is <extra_id_{k mod 100}>: sentinels repeat only when one example holds more than
 100 spans or masks (about 2,000 residues for span corruption, about 670 for the denoiser at
@@ -94,6 +100,17 @@ def _noise_span_to_unique_sentinel(tokens, noise_mask, vocabulary):
     return tf.boolean_mask(tokens, tf.logical_not(later_noise))
 
 
+@gin.configurable
+def span_corruption_settings(noise_density: float = 0.15,
+                             mean_noise_span_length: float = 3.0) -> tuple[float, float]:
+    """(noise density, mean noise span length) of T5 span corruption, bound in gin once."""
+    if not 0.0 < noise_density < 1.0 or mean_noise_span_length < 1.0:
+        raise ValueError(f"span_corruption_settings: need 0 < noise_density < 1 and "
+                         f"mean_noise_span_length >= 1, got {noise_density}, "
+                         f"{mean_noise_span_length}")
+    return float(noise_density), float(mean_noise_span_length)
+
+
 def span_corruption_lengths(raw_length: int, noise_density: float = 0.15,
                             mean_noise_span_length: float = 3.0) -> tuple[int, int]:
     """(inputs, targets) lengths, EOS included, after span corruption of raw_length tokens."""
@@ -116,22 +133,42 @@ def span_corruption_raw_length(inputs_length: int, noise_density: float = 0.15,
     return raw
 
 
-@gin.configurable
-def t5_span_corruption(dataset: tf.data.Dataset, output_features,
-                       noise_density: float = 0.15, mean_noise_span_length: float = 3.0
-                       ) -> tf.data.Dataset:
-    """T5 span corruption of "targets" into "inputs" and "targets" (no EOS yet)."""
+def span_corruption_feature_lengths(inputs_length: int) -> tuple[int, int]:
+    """(raw crop length, targets length) for an inputs length, at the bound settings: the
+    crop fits the inputs exactly and no target is ever trimmed."""
+    settings = span_corruption_settings()
+    raw = span_corruption_raw_length(inputs_length, *settings)
+    return raw, span_corruption_lengths(raw, *settings)[1]
+
+
+# Masked-position codes ("targets_masked", "mlm_weights"): seqio's packing finds a feature's
+# length by counting non-zero values, so the per-position flag must never be 0 inside a
+# sequence (0 is padding). NOT_CHOSEN doubles as the flag's EOS value.
+NOT_CHOSEN, CHOSEN = 1, 2
+
+
+def _codes(chosen: tf.Tensor) -> tf.Tensor:
+    return tf.where(chosen, CHOSEN, NOT_CHOSEN)
+
+
+def t5_span_corruption(dataset: tf.data.Dataset, output_features) -> tf.data.Dataset:
+    """T5 span corruption of "targets" into "inputs" and "targets" (no EOS yet); the residues
+    of the target spans are the hidden ones ("targets_masked")."""
     vocabulary = _vocabulary(output_features)
+    noise_density, mean_noise_span_length = span_corruption_settings()
 
     @seqio.map_over_dataset(num_seeds=1)
     def corrupt(features, seed):
         tokens = features["targets"]
         noise_mask = random_spans_noise_mask(tf.size(tokens), noise_density,
                                              mean_noise_span_length, seed)
+        targets = _noise_span_to_unique_sentinel(tokens, tf.logical_not(noise_mask), vocabulary)
+        sentinels = tf.reduce_any(tf.equal(targets[:, None], vocabulary.sentinel_ids[None, :]),
+                                  axis=1)
         return {**features,
                 "inputs": _noise_span_to_unique_sentinel(tokens, noise_mask, vocabulary),
-                "targets": _noise_span_to_unique_sentinel(tokens, tf.logical_not(noise_mask),
-                                                          vocabulary)}
+                "targets": targets,
+                "targets_masked": _codes(tf.logical_not(sentinels))}
 
     return corrupt(dataset)
 
@@ -139,7 +176,8 @@ def t5_span_corruption(dataset: tf.data.Dataset, output_features,
 @gin.configurable
 def prott5_denoise(dataset: tf.data.Dataset, output_features, noise_density: float = 0.15,
                    single_mask_token: bool = False) -> tf.data.Dataset:
-    """ProtT5's objective: i.i.d. residues -> sentinels in "inputs"; "targets" unchanged."""
+    """ProtT5's objective: i.i.d. residues -> sentinels in "inputs"; "targets" unchanged;
+    "targets_masked" marks the positions whose input was replaced."""
     vocabulary = _vocabulary(output_features)
 
     @seqio.map_over_dataset(num_seeds=1)
@@ -150,23 +188,30 @@ def prott5_denoise(dataset: tf.data.Dataset, output_features, noise_density: flo
             replacement = tf.fill(tf.shape(tokens), vocabulary.mask_id)
         else:
             replacement = _sentinels(vocabulary, tf.cumsum(tf.cast(chosen, tf.int32)) - 1)
-        return {**features, "inputs": tf.where(chosen, replacement, tokens), "targets": tokens}
+        return {**features, "inputs": tf.where(chosen, replacement, tokens), "targets": tokens,
+                "targets_masked": _codes(chosen)}
 
     return corrupt(dataset)
 
 
-# "mlm_weights" codes: seqio's packing finds a feature's length by counting non-zero values, so
-# the per-position flag must never be 0 inside a sequence (0 is padding).
-NOT_CHOSEN, CHOSEN = 1, 2
-
-
 @gin.configurable
 def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
-             mask_token_fraction: float = 0.8, random_token_fraction: float = 0.1
-             ) -> tf.data.Dataset:
-    """BERT masking with [CLS] ... [SEP] around the residues; loss weights in "mlm_weights"."""
+             mask_token_fraction: float = 0.8, random_token_fraction: float = 0.1,
+             random_tokens: str = "residues") -> tf.data.Dataset:
+    """BERT masking with [CLS] ... [SEP] around the residues; loss weights in "mlm_weights".
+
+    random_tokens: where the 10% random replacements come from. "residues" (default): the 20
+    standard amino acids, as the ProtBert model card describes it; "vocabulary": any id of the
+    vocabulary, special tokens included, as TF BERT's `create_pretraining_data.py` drew them.
+    """
     vocabulary = _vocabulary(output_features)
-    residue_ids = tf.constant(vocabulary.residue_ids)
+    if random_tokens == "residues":
+        replacement_ids = tf.constant(vocabulary.residue_ids)
+    elif random_tokens == "vocabulary":
+        replacement_ids = tf.range(vocabulary.vocab_size, dtype=tf.int32)
+    else:
+        raise ValueError(f"bert_mlm.random_tokens={random_tokens!r}; expected 'residues' or "
+                         "'vocabulary'")
 
     @seqio.map_over_dataset(num_seeds=1)
     def corrupt(features, seed):
@@ -174,17 +219,16 @@ def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
         seeds = tf.random.experimental.stateless_split(seed, 3)
         chosen = tf.random.stateless_uniform(tf.shape(tokens), seed=seeds[0]) < mask_rate
         action = tf.random.stateless_uniform(tf.shape(tokens), seed=seeds[1])
-        random_residues = tf.gather(residue_ids, tf.random.stateless_uniform(
-            tf.shape(tokens), seed=seeds[2], maxval=tf.size(residue_ids), dtype=tf.int32))
+        replacements = tf.gather(replacement_ids, tf.random.stateless_uniform(
+            tf.shape(tokens), seed=seeds[2], maxval=tf.size(replacement_ids), dtype=tf.int32))
         corrupted = tf.where(action < mask_token_fraction, vocabulary.mask_id,
                              tf.where(action < mask_token_fraction + random_token_fraction,
-                                      random_residues, tokens))
+                                      replacements, tokens))
         inputs = tf.where(chosen, corrupted, tokens)
         cls, sep = [vocabulary.bos_id], [vocabulary.eos_id]
         return {**features,
                 "inputs": tf.concat([cls, inputs, sep], 0),
                 "targets": tf.concat([cls, tokens, sep], 0),
-                "mlm_weights": tf.concat([[NOT_CHOSEN], tf.where(chosen, CHOSEN, NOT_CHOSEN),
-                                          [NOT_CHOSEN]], 0)}
+                "mlm_weights": tf.concat([[NOT_CHOSEN], _codes(chosen), [NOT_CHOSEN]], 0)}
 
     return corrupt(dataset)

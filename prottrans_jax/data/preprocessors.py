@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import gin
 import seqio
 import tensorflow as tf
 
-from prottrans_jax.data.objectives import span_corruption_raw_length
+from prottrans_jax.data.objectives import span_corruption_feature_lengths
 
 
 def sequence_to_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -43,13 +42,10 @@ def random_crop(dataset: tf.data.Dataset, sequence_length, reserved: int = 1,
     return crop(dataset)
 
 
-@gin.configurable
-def random_crop_for_span_corruption(dataset: tf.data.Dataset, sequence_length,
-                                    noise_density: float = 0.15,
-                                    mean_noise_span_length: float = 3.0) -> tf.data.Dataset:
-    """Crops to the raw length whose span-corrupted inputs exactly fit the inputs length."""
-    raw = span_corruption_raw_length(sequence_length["inputs"], noise_density,
-                                     mean_noise_span_length)
+def random_crop_for_span_corruption(dataset: tf.data.Dataset, sequence_length) -> tf.data.Dataset:
+    """Crops to the raw length whose span-corrupted inputs exactly fit the inputs length
+    (at the noise settings bound in `span_corruption_settings`)."""
+    raw, _ = span_corruption_feature_lengths(sequence_length["inputs"])
 
     @seqio.map_over_dataset(num_seeds=1)
     def crop(features, seed):

@@ -22,7 +22,6 @@ Protocols (printed, and stored in report.json):
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,37 +45,33 @@ def grouped_folds(keys, k, seed):
 
 
 class FeatureSource:
-    """Computes (or reads, or embeds on the fly) features for one dataset at a time."""
+    """Computes (or reads, or embeds in memory with a model) features for one dataset at a time.
 
-    def __init__(self, args):
-        self.args = args
-        self.spec = args.features
-        self.work_dir = None  # where on-the-fly embeddings go: --cache_dir, else a temp folder
+    With a model (`model_dir` / `hf_model`, any family), the benchmark's sequences are embedded
+    in memory and cached in `cache_dir` under the model's weight fingerprint.
+    """
+
+    def __init__(self, spec, model_dir=None, hf_model=None, cache_dir=None):
+        self.spec, self.cache_dir = spec, cache_dir
+        self.model = None
+        if model_dir or hf_model:
+            from prottrans_jax.inference import load_for_inference, replicated_sharding
+
+            self.model = load_for_inference(model_dir, hf_model, sharding=replicated_sharding())
 
     def __call__(self, dataset, per_residue):
         started = time.time()
-        spec = self.spec
-        if self.args.model_dir or self.args.hf_model:
-            if self.work_dir is None:
-                self.work_dir = Path(self.args.cache_dir or tempfile.mkdtemp(prefix="downstream_"))
-                self.work_dir.mkdir(parents=True, exist_ok=True)
-            spec = self.work_dir / f"embedded_{dataset.name}.h5"
-            if not spec.exists():
-                features_lib.embed_with_model(
-                    dataset.ids, dataset.sequences, spec, self.args.model_dir, self.args.hf_model
-                )
-        result = features_lib.compute_features(
-            str(spec),
-            dataset.ids,
-            dataset.sequences,
-            per_residue,
-            cache_dir=self.args.cache_dir,
-            log=_log,
-        )
-        _log(
-            f"  features {Path(str(spec)).name} for {dataset.name}: {len(dataset)} proteins "
-            f"in {time.time() - started:.1f}s"
-        )
+        if self.model is not None:
+            name = f"{self.model.family.name} {self.model.fingerprint}"
+            result = features_lib.model_features(
+                self.model, dataset.ids, dataset.sequences, per_residue, self.cache_dir)
+        else:
+            name = Path(str(self.spec)).name
+            result = features_lib.compute_features(
+                str(self.spec), dataset.ids, dataset.sequences, per_residue,
+                cache_dir=self.cache_dir, log=_log)
+        _log(f"  features {name} for {dataset.name}: {len(dataset)} proteins "
+             f"in {time.time() - started:.1f}s")
         return result
 
 
@@ -454,7 +449,8 @@ def main(argv=None):
     runner = (
         run_secondary_structure if args.benchmark == "secondary_structure" else run_localisation
     )
-    runner(args, report, FeatureSource(args), config)
+    features_source = FeatureSource(args.features, args.model_dir, args.hf_model, args.cache_dir)
+    runner(args, report, features_source, config)
     report.setup["wall_seconds"] = round(time.time() - started, 1)
     path = report.write(args.report)
     _log("\n" + report.comparison_table())

@@ -1,15 +1,14 @@
-"""Frozen features for the heads: one-hot residues, UniRep, or embeddings from an HDF5 file.
+"""Frozen features for the heads: one-hot residues, UniRep, a model's embeddings, or an HDF5 file.
 
 Per-residue features are a list of (L, D) arrays (one per protein, float16 to halve memory);
 per-protein features are an (N, D) float32 matrix. Features can be cached to a directory
-(`cache_dir`) as .npz files keyed by the feature name and the dataset's content hash, because
-UniRep on a 2-core CPU takes minutes to hours.
+(`cache_dir`) as .npz files keyed by what computed them (the feature name, or a model's family,
+weight fingerprint and dtype) and the dataset's content hash, because UniRep or a large model on
+a 2-core CPU takes minutes to hours; features of one model are never served for another.
 """
 
 import hashlib
-import importlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,30 +110,32 @@ def _cached(kind, ids, sequences, per_residue, cache_dir, compute):
     return features
 
 
-def embed_with_model(ids, sequences, output_path, model_dir=None, hf_model=None):
-    """Runs the embedding command (`prottrans_jax.embed`) on the benchmark's sequences."""
-    # Looked up at call time (not a module-level import): keeps the evaluation CLI free of
-    # the embedding stack's start-up cost unless it embeds, and lets tests substitute it.
-    try:
-        embed = importlib.import_module("prottrans_jax.embed")
-    except ImportError as e:
-        raise FeatureError(f"--model_dir/--hf_model need the embedding command "
-                           f"(prottrans_jax.embed), which cannot be imported: {e}") from None
-    with tempfile.NamedTemporaryFile("w", suffix=".fasta", delete=False) as fasta:
-        for protein_id, sequence in zip(ids, sequences):
-            fasta.write(f">{protein_id}\n{sequence}\n")
-    try:
-        embed.embed_fasta_to_h5(
-            fasta.name,
-            str(output_path),
-            model_dir=model_dir,
-            hf_model=hf_model,
-            per_residue=True,
-            per_protein=False,
-        )
-    finally:
-        os.unlink(fasta.name)
-    return output_path
+def model_features(model, ids, sequences, per_residue, cache_dir=None):
+    """A model's embeddings of the sequences (`prottrans_jax.inference`), cached by fingerprint.
+
+    `model` is an `InferenceModel`; per residue: float16 (L, D) arrays; per protein: the
+    float32 mean over residues, as the embedding command writes them.
+    """
+    from prottrans_jax.inference import Protein, embed_sequences
+    from prottrans_jax.vocab import normalize_sequence
+
+    def compute():
+        proteins = [Protein(str(i), normalize_sequence(s)) for i, s in enumerate(sequences)]
+        rows, means = [None] * len(proteins), np.zeros((len(proteins), model.d_model), np.float32)
+        summary = {}
+        for done in embed_sequences(model, proteins, per_residue=per_residue, summary=summary):
+            for k, protein in enumerate(done.batch.proteins):
+                index = int(protein.id)
+                means[index] = done.means[k]
+                if per_residue:
+                    rows[index] = done.per_residue[k].astype(np.float16)
+        if summary["out_of_memory_ids"]:
+            raise FeatureError(f"{len(summary['out_of_memory_ids'])} proteins did not fit in device "
+                               "memory: evaluate them on a larger device")
+        return rows if per_residue else means
+
+    kind = f"{model.family.name}-{model.fingerprint}-{model.dtype}"
+    return _cached(kind, ids, sequences, per_residue, cache_dir, compute)
 
 
 def compute_features(spec, ids, sequences, per_residue, cache_dir=None, log=print):

@@ -3,9 +3,9 @@
   python -m prottrans_jax.downstream.tsne --scope ../shared/data/scope/astral-...-2.07.fa \
       --features unirep64 --output runs/tsne [--hf_model_dir DIR] [--max_proteins N]
 
-* Amino-acid level: rows of a token-embedding matrix (an HF model directory's safetensors
-  `shared.weight` / `*embed_tokens.weight` / `*word_embeddings.weight` with its vocab, or the
-  UniRep embedding when no directory is given), perplexity 5, coloured by biophysical groups.
+* Amino-acid level: rows of a model's input-embedding matrix (an HF directory or a trainer
+  MODEL_DIR of any family, through its vocabulary; the UniRep embedding when neither is
+  given), perplexity 5, coloured by biophysical groups.
 * Protein level: mean-pooled embeddings of SCOPe 2.07 (40%) domains, perplexity 30, 3000
   iterations, coloured by SCOPe class (a-g) and by domain of life (TaxId -> NCBI taxonomy).
 * The random counterpart has the same shapes: a normal random matrix for the token embeddings,
@@ -14,7 +14,6 @@ All projections use one seed.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -62,58 +61,20 @@ def project(points, perplexity, max_iter=3000):
 # Token embeddings.
 
 
-def load_token_embeddings(model_dir):
-    """(matrix rows of the 20 amino acids, names) from an HF model directory (safetensors)."""
-    from safetensors.numpy import load_file
+def load_token_embeddings(hf_model=None, model_dir=None):
+    """(input-embedding rows of the 20 amino acids, names) of a model of any family: an HF
+    directory or a trainer MODEL_DIR, read with the vocabulary shipped with the weights."""
+    from prottrans_jax.inference import load_for_inference
 
-    model_dir = Path(model_dir)
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors file")
-    matrix = None
-    for path in files:
-        tensors = load_file(path)
-        for key in sorted(tensors):
-            if key == "shared.weight" or key.endswith(
-                ("embed_tokens.weight", "word_embeddings.weight")
-            ):
-                matrix = tensors[key].astype(np.float32)
-                break
-        if matrix is not None:
-            break
-    if matrix is None:
-        raise ValueError(f"{model_dir}: no shared.weight / embed_tokens / word_embeddings tensor")
-    vocab = _load_vocab(model_dir)
+    model = load_for_inference(model_dir=model_dir, hf_model=hf_model, dtype="float32")
+    matrix = model.encoder.token_embedding(model.params)
     rows = []
     for letter in AMINO_ACIDS:
-        candidates = [vocab.get(letter), vocab.get("\u2581" + letter)]
-        index = next((c for c in candidates if c is not None), None)
-        if index is None:
-            raise ValueError(f"{model_dir}: vocabulary has no token for amino acid {letter}")
+        (index,) = model.vocabulary.encode(letter)
+        if index == model.vocabulary.unk_id:
+            raise ValueError(f"{model.name}: vocabulary has no token for amino acid {letter}")
         rows.append(matrix[index])
     return np.stack(rows), list(AMINO_ACIDS)
-
-
-def _load_vocab(model_dir):
-    """token -> id from tokenizer.json, vocab.txt or a sentencepiece spiece.model."""
-    if (model_dir / "tokenizer.json").is_file():
-        model = json.loads((model_dir / "tokenizer.json").read_text())["model"]
-        vocab = model["vocab"]
-        return (
-            {piece[0]: i for i, piece in enumerate(vocab)}
-            if isinstance(vocab, list)
-            else dict(vocab)
-        )
-    if (model_dir / "vocab.txt").is_file():
-        return {
-            t.strip(): i for i, t in enumerate((model_dir / "vocab.txt").read_text().splitlines())
-        }
-    if (model_dir / "spiece.model").is_file():
-        import sentencepiece
-
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "spiece.model"))
-        return {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    raise FileNotFoundError(f"{model_dir}: no tokenizer.json, vocab.txt or spiece.model")
 
 
 def unirep_token_embeddings(variant="unirep64"):
@@ -208,6 +169,7 @@ def main(argv=None):
     )
     parser.add_argument("--random_features", help="PATH.h5 of a random model (for --features .h5)")
     parser.add_argument("--hf_model_dir", help="HF model directory for the amino-acid plot")
+    parser.add_argument("--model_dir", help="trainer MODEL_DIR for the amino-acid plot")
     parser.add_argument("--taxonomy_dir", default=str(taxonomy.DEFAULT_TAXONOMY_DIR))
     parser.add_argument("--max_proteins", type=int, default=0, help="random subset (0 = all)")
     parser.add_argument("--max_iter", type=int, default=3000)
@@ -217,9 +179,9 @@ def main(argv=None):
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 
-    if args.hf_model_dir:
-        trained, _ = load_token_embeddings(args.hf_model_dir)
-        title = Path(args.hf_model_dir).name
+    if args.hf_model_dir or args.model_dir:
+        trained, _ = load_token_embeddings(args.hf_model_dir, args.model_dir)
+        title = Path(args.hf_model_dir or args.model_dir).name
     else:
         trained, _ = unirep_token_embeddings(
             args.features if args.features in unirep.VARIANTS else "unirep64"

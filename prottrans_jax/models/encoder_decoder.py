@@ -1,22 +1,11 @@
-"""The encoder-decoder model as the trainer sees it: init, loss and metrics, FLOPs.
+"""The ProtT5 family: its pre-training model, its inference encoder and its registration.
 
-T5X's `EncoderDecoderModel` idea, kept small. The trainer talks only to this interface, so
-the encoder-only families (ProtBert, ProtAlbert, ProtElectra) add a sibling class with the
-same four members and the trainer does not change:
-
-    init_params(rng)                          -> boxed params (logical axis names attached)
-    loss_and_metrics(params, batch, rng, train) -> (loss_sum, aux)   aux: sums, see below
-    flops_per_batch(batch)                     -> model FLOPs of one training step on it
-    for_task(task_name)                        -> the model with task-dependent choices made
-
-`aux` holds only sums (weight_sum, correct, masked_correct, masked_count, z_loss,
-num_sequences), so microbatches and devices add up exactly; the trainer divides at the end.
-
-Masked-token accuracy depends on the objective:
-- "sentinel_inputs" (ProtT5's denoiser, inputs and targets position-aligned): decoder
-  position i is masked when encoder input i is a sentinel / mask token (id >= 28).
-- "residue_targets" (T5 span corruption, targets = sentinel + span): target tokens that are
-  residues (ids 3..27), i.e. the hidden residues themselves, not sentinels or EOS.
+`EncoderDecoderModel` is the trainer's `PretrainModel` (models/base.py), T5X's idea kept small:
+a T5 module plus the loss settings. Batches come from `EncDecMaskedFeatureConverter`, whose
+`decoder_masked_weights` say which target positions the objective hid (ProtT5's denoiser: the
+residues replaced by a sentinel; span corruption: the residues of the target spans):
+masked-token accuracy and loss are measured there. `T5Encoder` is what embedding needs: the
+encoder's last hidden state, with `</s>` after the residues.
 """
 
 from __future__ import annotations
@@ -27,14 +16,16 @@ from typing import Any, Mapping
 
 import gin
 import jax
-import jax.numpy as jnp
+import numpy as np
 
-from prottrans_jax import losses
-from prottrans_jax.partitioning import unbox_shapes
+from prottrans_jax import families
+from prottrans_jax.data.feature_converters import EncDecMaskedFeatureConverter
+from prottrans_jax.models.base import Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.t5 import T5, T5Config, dummy_inputs
-from prottrans_jax.vocab import prot_t5_residue_ids
+from prottrans_jax.partitioning import unbox_shapes
+from prottrans_jax.vocab import ProteinVocabulary, prot_t5_vocabulary
 
-MASKED_POSITION_RULES = ("auto", "sentinel_inputs", "residue_targets")
+LOSS_ON = ("targets", "masked")
 
 
 @gin.configurable
@@ -43,29 +34,26 @@ class EncoderDecoderModel:
     """A T5 module plus the loss settings; hashable, so jitted steps may close over it.
 
     label_smoothing and z_loss follow T5X (`EncoderDecoderModel.label_smoothing`, `.z_loss`).
-    masked_positions="auto" is resolved from the task name by `for_task`.
+    loss_on: "targets" scores every target token (ProtT5: the whole sequence); "masked" only
+    the hidden positions (ProtT5-EvoTuning, with `prott5_denoise.single_mask_token = True`).
     """
 
     config: T5Config = dataclasses.field(default_factory=T5Config)
     label_smoothing: float = 0.0
     z_loss: float = 1e-4
-    masked_positions: str = "auto"
+    loss_on: str = "targets"
+
+    family = "prot_t5"
+    feature_converter_cls = EncDecMaskedFeatureConverter
+    headline_metrics = ("loss", "accuracy", "masked_accuracy")
 
     def __post_init__(self):
-        if self.masked_positions not in MASKED_POSITION_RULES:
-            raise ValueError(f"masked_positions={self.masked_positions!r}; "
-                             f"expected one of {MASKED_POSITION_RULES}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"EncoderDecoderModel.loss_on={self.loss_on!r}; expected one of {LOSS_ON}")
 
     @property
     def module(self) -> T5:
         return T5(self.config)
-
-    def for_task(self, task_name: str) -> "EncoderDecoderModel":
-        """Resolves masked_positions="auto": the aligned denoiser or span corruption."""
-        if self.masked_positions != "auto":
-            return self
-        rule = "sentinel_inputs" if task_name.endswith("prott5_denoise") else "residue_targets"
-        return dataclasses.replace(self, masked_positions=rule)
 
     # ------------------------------------------------------------------ parameters
 
@@ -94,47 +82,21 @@ class EncoderDecoderModel:
             rngs=rngs,
         )
 
-    def masked_weights(self, batch: Mapping[str, jax.Array]) -> jax.Array:
-        """Per-target-token weight of the positions that were hidden from the encoder."""
-        weights = batch["decoder_loss_weights"].astype(jnp.float32)
-        first_residue, first_sentinel = prot_t5_residue_ids()
-        if self.masked_positions == "sentinel_inputs":
-            inputs = batch["encoder_input_tokens"]
-            if inputs.shape != weights.shape:
-                raise ValueError("masked_positions='sentinel_inputs' needs position-aligned "
-                                 f"inputs and targets, got {inputs.shape} and {weights.shape}")
-            return weights * (inputs >= first_sentinel)
-        if self.masked_positions == "residue_targets":
-            targets = batch["decoder_target_tokens"]
-            return weights * ((targets >= first_residue) & (targets < first_sentinel))
-        raise ValueError("masked_positions is 'auto': call model.for_task(task_name) first")
-
     def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
-                         train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(loss_sum, aux sums) for one (micro)batch; differentiate loss_sum."""
+                         train: bool) -> tuple[jax.Array, Metrics]:
+        """(loss_sum, metrics) for one (micro)batch; differentiate loss_sum."""
         logits = self.logits(params, batch, rng, train)
-        targets = batch["decoder_target_tokens"]
-        weights = batch["decoder_loss_weights"]
-        loss_sum, z_loss_sum, weight_sum = losses.weighted_cross_entropy(
-            logits, targets, weights, self.label_smoothing, self.z_loss)
-        masked = self.masked_weights(batch)
-        segments = batch.get("decoder_segment_ids")
-        if segments is None:  # unpacked: one sequence per row that has any target
-            num_sequences = jnp.sum(jnp.any(weights > 0, axis=-1))
-        else:  # packed: segment ids run 1..n in each row
-            num_sequences = jnp.sum(jnp.max(segments, axis=-1))
-        aux = {
-            "weight_sum": weight_sum,
-            "correct": losses.weighted_correct(logits, targets, weights),
-            "masked_correct": losses.weighted_correct(logits, targets, masked),
-            "masked_count": jnp.sum(masked),
-            # Cross-entropy of the hidden residues alone (no smoothing): the number to set
-            # against the residue distribution's entropy, about 2.9 nats on UniProtKB.
-            "masked_loss": losses.weighted_cross_entropy(logits, targets, masked)[0],
-            "z_loss": z_loss_sum,
-            "num_sequences": num_sequences.astype(jnp.float32),
-        }
-        return loss_sum, aux
+        masked = batch["decoder_masked_weights"]
+        weights = masked if self.loss_on == "masked" else batch["decoder_loss_weights"]
+        loss_sum, metrics = token_metrics(logits, batch["decoder_target_tokens"], weights,
+                                          masked, self.label_smoothing, self.z_loss)
+        metrics["sequences"] = Sum(count_sequences(batch["decoder_loss_weights"],
+                                                   batch.get("decoder_segment_ids")))
+        return loss_sum, metrics
+
+    def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, hidden-position weights) of a batch, on the host."""
+        return batch["decoder_target_tokens"], batch["decoder_masked_weights"]
 
     # ------------------------------------------------------------------ FLOPs
 
@@ -184,3 +146,34 @@ class EncoderDecoderModel:
         if self.config.tie_word_embeddings:  # the embedding doubles as the output layer
             dec += self.config.vocab_size * self.config.d_model
         return enc, dec, cross_kv
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Encoder:
+    """ProtT5 embeddings: the encoder's last hidden state over `residues </s>`."""
+
+    config: T5Config
+
+    part = "encoder"
+    param_keys = ("token_embedder", "encoder")
+
+    def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (), (vocabulary.eos_id,)
+
+    def hidden_states(self, params: Any, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+        del valid  # T5 reads padding from the token ids (pad = 0)
+        return T5(self.config).apply({"params": params}, tokens, method=T5.encode)
+
+    def token_embedding(self, params: Any) -> np.ndarray:
+        return np.asarray(params["token_embedder"]["embedding"], np.float32)
+
+
+families.register(families.Family(
+    name=EncoderDecoderModel.family,
+    config_cls=T5Config,
+    hf_model_types=("t5",),
+    pretrain_model=lambda config: EncoderDecoderModel(config),
+    encoder=T5Encoder,
+    converter_module="prottrans_jax.convert.t5",
+    default_vocabulary=prot_t5_vocabulary,
+))

@@ -15,7 +15,7 @@ parameters, so an encoder-only checkpoint (ProtT5 "-enc") runs it without a deco
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import gin
@@ -48,6 +48,10 @@ FEED_FORWARD_TYPES = ("relu", "gated-gelu")
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Hyper-parameters of a T5 model; bound from gin (`T5Config.d_model = 1024`)."""
+
+    # Fields that change how the model runs, not what its weights compute.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "param_dtype",
+                                                  "remat_policy", "scan_layers")
 
     vocab_size: int = 128
     d_model: int = 768

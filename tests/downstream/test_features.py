@@ -56,38 +56,24 @@ def test_cache_round_trip(tmp_path):
     np.testing.assert_array_equal(first[0], second[0])
 
 
-def test_embed_on_the_fly_without_embed_module_fails_clearly(tmp_path, monkeypatch):
-    import sys
+def test_model_features_come_from_the_model_and_are_cached_by_its_weights(tiny_t5_hf_dir, tmp_path):
+    from prottrans_jax.inference import Protein, embed_sequences, load_for_inference
 
-    monkeypatch.setitem(sys.modules, "prottrans_jax.embed", None)  # import fails
-    with pytest.raises(features.FeatureError, match="need the embedding command"):
-        features.embed_with_model(["p"], ["MKV"], tmp_path / "x.h5", model_dir="m")
+    ids, sequences = ["p1", "p2", "p3"], ["MKVLAAGII", "ac", "GSHMW"]
+    first_model = load_for_inference(hf_model=tiny_t5_hf_dir(0))
+    per_residue = features.model_features(first_model, ids, sequences, True)
+    direct = {d.batch.proteins[k].id: d.per_residue[k] for d in embed_sequences(
+        first_model, [Protein(i, s.upper()) for i, s in zip(ids, sequences)]) for k in range(len(d.batch.proteins))}
+    for protein_id, rows in zip(ids, per_residue):
+        assert rows.dtype == np.float16
+        np.testing.assert_allclose(rows, direct[protein_id], rtol=1e-3, atol=1e-3)
 
-
-def test_embed_on_the_fly_calls_the_embedding_command(tmp_path, monkeypatch):
-    """The benchmark's sequences reach embed_fasta_to_h5 as FASTA; its HDF5 is read back."""
-    import sys
-    import types
-
-    seen = {}
-
-    def embed_fasta_to_h5(
-        fasta_path, output_path, model_dir=None, hf_model=None, per_residue=True, per_protein=False
-    ):
-        text = open(fasta_path).read()
-        seen.update(fasta=text, model_dir=model_dir, per_residue=per_residue)
-        records = [r.split("\n") for r in text.strip().lstrip(">").split("\n>")]
-        _write_h5(
-            output_path,
-            {r[0]: np.full((len(r[1]), 4), i, np.float32) for i, r in enumerate(records)},
-        )
-
-    monkeypatch.setitem(
-        sys.modules,
-        "prottrans_jax.embed",
-        types.SimpleNamespace(embed_fasta_to_h5=embed_fasta_to_h5),
-    )
-    out = features.embed_with_model(["p1", "p2"], ["MKV", "AC"], tmp_path / "e.h5", model_dir="m")
-    assert seen == {"fasta": ">p1\nMKV\n>p2\nAC\n", "model_dir": "m", "per_residue": True}
-    pooled = features.read_h5(out, ["p2", "p1"], ["AC", "MKV"], per_residue=False)
-    np.testing.assert_allclose(pooled[:, 0], [1, 0])
+    cached = features.model_features(first_model, ids, sequences, False, cache_dir=tmp_path)
+    np.testing.assert_allclose(cached, np.stack([direct[i].mean(0) for i in ids]), rtol=1e-5, atol=1e-6)
+    second_model = load_for_inference(hf_model=tiny_t5_hf_dir(1))
+    assert second_model.fingerprint != first_model.fingerprint
+    other = features.model_features(second_model, ids, sequences, False, cache_dir=tmp_path)
+    assert not np.allclose(other, cached)  # another model's features are never reused
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    again = features.model_features(first_model, ids, sequences, False, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again, cached)

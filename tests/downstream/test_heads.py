@@ -50,7 +50,7 @@ def test_cnn_ignores_padding():
     padded_x = x.at[:, 6:].set(100.0)  # junk beyond the chain must not leak back
     mask = jnp.arange(10)[None] < 6
     padded = model.apply(params, padded_x, mask)["ss3"][:, :6]
-    np.testing.assert_allclose(short, padded, atol=1e-5)
+    np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-5)
 
 
 def test_protein_head_learns_location_and_membrane():

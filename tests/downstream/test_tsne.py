@@ -1,4 +1,4 @@
-"""t-SNE: token embeddings read from an HF-style directory, PNGs produced and non-trivial,
+"""t-SNE: token embeddings read from an HF directory of a known family, PNGs produced and non-trivial,
 domain of life from the NCBI taxonomy."""
 
 import numpy as np
@@ -16,19 +16,15 @@ def _png_is_nontrivial(path, min_bytes=20_000):
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50  # several colours
 
 
-def test_amino_acid_tsne_from_hf_directory(tmp_path):
-    from safetensors.numpy import save_file
+def test_amino_acid_tsne_from_hf_directory(tiny_t5_hf_dir, tmp_path):
+    from prottrans_jax.convert.hf_io import load_hf_state_dict
 
-    vocab = ["<pad>", "</s>", "<unk>"] + [f"\u2581{a}" for a in tsne.AMINO_ACIDS] + ["\u2581X"]
-    matrix = np.random.default_rng(0).normal(size=(len(vocab), 16)).astype(np.float32)
-    save_file(
-        {"shared.weight": matrix, "encoder.block.0.w": np.zeros((2, 2), np.float32)},
-        str(tmp_path / "model.safetensors"),
-    )
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    rows, letters = tsne.load_token_embeddings(tmp_path)
-    np.testing.assert_array_equal(rows[0], matrix[3])  # '▁A' is row 3
-    assert letters[0] == "A" and rows.shape == (20, 16)
+    hf_dir = tiny_t5_hf_dir(0)
+    matrix = load_hf_state_dict(hf_dir)["shared.weight"]
+    rows, letters = tsne.load_token_embeddings(hf_dir)
+    np.testing.assert_array_equal(rows[0], matrix[3])  # ProtT5's '▁A' is row 3
+    np.testing.assert_array_equal(rows[9], matrix[4])  # 'L' (the 10th letter of ACDEF...) is 4
+    assert letters[0] == "A" and rows.shape == (20, 32)
     random = np.random.default_rng(1).normal(size=rows.shape)
     path = tsne.plot_amino_acids(rows, random, "fake", tmp_path / "aa.png")
     _png_is_nontrivial(path)

@@ -108,9 +108,9 @@ def test_logits_and_encoder_match_hf_t5(feed_forward, tied, scan, batch):
 
     enc_valid, dec_valid = inputs != 0, targets != 0
     np.testing.assert_allclose(
-        np.asarray(encoded)[enc_valid], hf_out.encoder_last_hidden_state.numpy()[enc_valid], atol=1e-5, rtol=0
+        np.asarray(encoded)[enc_valid], hf_out.encoder_last_hidden_state.numpy()[enc_valid], rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_allclose(np.asarray(logits)[dec_valid], hf_out.logits.numpy()[dec_valid], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits)[dec_valid], hf_out.logits.numpy()[dec_valid], rtol=1e-5, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
@@ -131,7 +131,7 @@ def test_encoder_only_checkpoint_matches_hf_t5_encoder_model(feed_forward, batch
         ).last_hidden_state.numpy()
     got = np.asarray(T5(config).apply({"params": params}, inputs, method=T5.encode))
     valid = inputs != 0
-    np.testing.assert_allclose(got[valid], expected[valid], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-5, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ our model on its own
@@ -187,12 +187,12 @@ def test_packed_row_equals_each_sequence_alone():
 
     for alone_row, seg in ((1, 1), (2, 2)):
         n_in, n_tgt = int((enc_seg[0] == seg).sum()), int((dec_seg[0] == seg).sum())
-        np.testing.assert_allclose(encoded[0][enc_seg[0] == seg], encoded[alone_row, :n_in], atol=1e-5)
-        np.testing.assert_allclose(logits[0][dec_seg[0] == seg], logits[alone_row, :n_tgt], atol=1e-5)
+        np.testing.assert_allclose(encoded[0][enc_seg[0] == seg], encoded[alone_row, :n_in], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits[0][dec_seg[0] == seg], logits[alone_row, :n_tgt], rtol=1e-5, atol=1e-5)
 
     # Explicit positions and the default (row index) agree for contiguous segments...
     default_positions = np.asarray(model.apply(variables, enc, enc_seg, method=T5.encode))
-    np.testing.assert_allclose(default_positions[enc_seg > 0], encoded[enc_seg > 0], atol=1e-5)
+    np.testing.assert_allclose(default_positions[enc_seg > 0], encoded[enc_seg > 0], rtol=1e-5, atol=1e-5)
     # ...and without segment ids the packed sequences see each other: the test is not vacuous.
     unsegmented = np.asarray(model.apply(variables, enc, method=T5.encode))
     assert not np.allclose(unsegmented[0][enc_seg[0] == 1], encoded[0][enc_seg[0] == 1], atol=1e-3)
@@ -206,7 +206,7 @@ def test_padding_does_not_change_real_positions(batch):
     narrow_out = np.asarray(model.apply({"params": params}, inputs, method=T5.encode))
     wide_out = np.asarray(model.apply({"params": params}, wide, method=T5.encode))
     valid = inputs != 0
-    np.testing.assert_allclose(wide_out[:, :ENC_LEN][valid], narrow_out[valid], atol=1e-5)
+    np.testing.assert_allclose(wide_out[:, :ENC_LEN][valid], narrow_out[valid], rtol=1e-5, atol=1e-5)
 
 
 def _loss_fn(config, batch):
@@ -254,7 +254,7 @@ def test_scanned_and_unscanned_compute_the_same_function(batch):
     a = T5(TINY).apply({"params": unscanned}, inputs, shift_right(targets), targets)
     scanned_config = dataclasses.replace(TINY, scan_layers=True)
     b = T5(scanned_config).apply({"params": restack(unscanned, TINY)}, inputs, shift_right(targets), targets)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_dropout_only_when_enabled(batch):

@@ -1,0 +1,139 @@
+"""Pre-training objectives as data: what each one needs from a corpus and gives a model.
+
+An `Objective` declares its vocabulary, the task features it outputs, its preprocessors
+(after the corpus records are read), the feature converter that packs them, and how its
+feature lengths follow from one model length. `tasks.register_corpus` registers one seqio
+Task per objective and remembers which objective each task has, so the trainer can derive
+feature lengths (`feature_lengths_for`) and refuse a task whose converter is not the model's.
+
+A new objective is one `register_objective(Objective(...))` call, wherever it is defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import seqio
+
+from prottrans_jax.data import objectives, preprocessors
+from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter,
+                                                   EncoderMLMFeatureConverter)
+from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary, prot_t5_vocabulary
+
+# The masked-positions flag: a pass-through feature whose EOS is NOT_CHOSEN, so seqio's
+# append_eos_after_trim keeps it aligned with the targets.
+_MASKED_FLAG = seqio.Feature(seqio.PassThroughVocabulary(3, eos_id=objectives.NOT_CHOSEN),
+                             add_eos=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    vocabulary: Callable[[], ProteinVocabulary]
+    output_features: Callable[[], dict[str, seqio.Feature]]
+    preprocessors: Callable[[], list]  # after the records are tokenised as "targets"
+    feature_converter_cls: type
+    # (inputs_length, targets_length or None) -> the task feature lengths
+    feature_lengths: Callable[[int, int | None], dict[str, int]]
+
+
+OBJECTIVES: dict[str, Objective] = {}
+_TASK_OBJECTIVES: dict[str, str] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def remember_task_objective(task_name: str, objective_name: str) -> None:
+    _TASK_OBJECTIVES[task_name] = get_objective(objective_name).name
+
+
+def objective_of(task: seqio.Task | seqio.Mixture) -> Objective | None:
+    """The objective a task (or every task of a mixture) was registered with, if known."""
+    names = {_TASK_OBJECTIVES.get(t.name) for t in getattr(task, "tasks", [task])}
+    if len(names) == 1 and None not in names:
+        return OBJECTIVES[names.pop()]
+    return None
+
+
+def feature_lengths_for(task: seqio.Task | seqio.Mixture, inputs_length: int,
+                        targets_length: int | None = None) -> dict[str, int]:
+    """Task feature lengths for one model length, as the task's objective derives them."""
+    objective = objective_of(task)
+    if objective is None:
+        raise ValueError(f"task {task.name!r} was not registered through "
+                         "tasks.register_corpus, so its feature lengths are unknown: set "
+                         "TASK_FEATURE_LENGTHS (train.task_feature_lengths) explicitly")
+    return objective.feature_lengths(inputs_length, targets_length)
+
+
+# ------------------------------------------------------------------------------ the objectives
+
+
+def _t5_features() -> dict[str, seqio.Feature]:
+    vocabulary = prot_t5_vocabulary()
+    return {"inputs": seqio.Feature(vocabulary, add_eos=True),
+            "targets": seqio.Feature(vocabulary, add_eos=True),
+            "targets_masked": _MASKED_FLAG}
+
+
+def _denoise_lengths(inputs_length: int, targets_length: int | None) -> dict[str, int]:
+    targets_length = targets_length or inputs_length
+    return {"inputs": inputs_length, "targets": targets_length, "targets_masked": targets_length}
+
+
+def _span_corruption_lengths(inputs_length: int, targets_length: int | None) -> dict[str, int]:
+    targets_length = targets_length or objectives.span_corruption_feature_lengths(inputs_length)[1]
+    return {"inputs": inputs_length, "targets": targets_length, "targets_masked": targets_length}
+
+
+def _bert_features() -> dict[str, seqio.Feature]:
+    vocabulary = prot_bert_vocabulary()  # [CLS]/[SEP] are added by the objective
+    return {"inputs": seqio.Feature(vocabulary, add_eos=False),
+            "targets": seqio.Feature(vocabulary, add_eos=False),
+            "mlm_weights": seqio.Feature(seqio.PassThroughVocabulary(3), add_eos=False)}
+
+
+def _encoder_lengths(inputs_length: int, targets_length: int | None) -> dict[str, int]:
+    del targets_length  # one length for every feature of an encoder-only objective
+    return {"inputs": inputs_length, "targets": inputs_length, "mlm_weights": inputs_length}
+
+
+register_objective(Objective(
+    name="prott5_denoise",
+    vocabulary=prot_t5_vocabulary,
+    output_features=_t5_features,
+    preprocessors=lambda: [preprocessors.random_crop, objectives.prott5_denoise,
+                           seqio.preprocessors.append_eos_after_trim],
+    feature_converter_cls=EncDecMaskedFeatureConverter,
+    feature_lengths=_denoise_lengths,
+))
+register_objective(Objective(
+    name="t5_span_corruption",
+    vocabulary=prot_t5_vocabulary,
+    output_features=_t5_features,
+    preprocessors=lambda: [preprocessors.random_crop_for_span_corruption,
+                           objectives.t5_span_corruption, seqio.preprocessors.append_eos_after_trim],
+    feature_converter_cls=EncDecMaskedFeatureConverter,
+    feature_lengths=_span_corruption_lengths,
+))
+register_objective(Objective(
+    name="bert_mlm",
+    vocabulary=prot_bert_vocabulary,
+    output_features=_bert_features,
+    preprocessors=lambda: [functools.partial(preprocessors.random_crop, reserved=2),
+                           objectives.bert_mlm],
+    feature_converter_cls=EncoderMLMFeatureConverter,
+    feature_lengths=_encoder_lengths,
+))
+

@@ -1,0 +1,128 @@
+"""The family registry: what the trainer, `embed`, `export_hf` and `downstream` look a model up in.
+
+A family is a model config class, its pre-training model (models/base.py: `PretrainModel`),
+its inference encoder (`Encoder` below) and its Hugging Face converter module. Each family
+registers itself at the end of its model file (`register(Family(...))`); importing this
+module imports every module of `prottrans_jax.models`, so a new family needs no edit here.
+
+A converter module (`prottrans_jax/convert/<family>.py`) provides:
+
+    config_from_hf(hf_config, state_dict, **overrides) -> config
+    hf_config_from(config, part) -> config.json dict
+    hf_to_flax(state_dict, config, part) -> params (numpy)     part: one of PARTS
+    flax_to_hf(params, config, part) -> state_dict (numpy)
+    tokenizer_pieces(directory) -> id -> piece table of the tokenizer shipped with weights
+    vocabulary_from_pieces(pieces) -> ProteinVocabulary
+    write_tokenizer(directory, vocabulary)
+    PARTS: the parts a checkpoint can hold; PARTS[0] is the whole pre-training model and
+           `Encoder.part` is what embedding needs
+
+MODEL_DIR/model.json (written by the trainer) names the family, its config and vocabulary,
+so nothing downstream needs a flag, or gin, to know what a directory holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import numpy as np
+
+from prottrans_jax.vocab import ProteinVocabulary
+
+
+class Encoder(Protocol):
+    """What embedding needs of a family: framing, the residues' hidden states, the table.
+
+    `part` names the parameter subset it reads (orbax restores only that); `hidden_states`
+    is jittable and returns (batch, length, d_model) in the compute dtype.
+    """
+
+    config: Any
+    part: str
+    param_keys: tuple[str, ...]
+
+    def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(ids before, ids after) the residues of one protein, e.g. ([CLS]) and ([SEP])."""
+
+    def hidden_states(self, params: Any, tokens: jax.Array, valid: jax.Array) -> jax.Array: ...
+
+    def token_embedding(self, params: Any) -> np.ndarray:
+        """The input embedding table (vocab, d): the amino-acid t-SNE and the fingerprint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type
+    hf_model_types: tuple[str, ...]  # config.json `model_type` values this family reads
+    pretrain_model: Callable[[Any], Any]  # config -> PretrainModel (default loss settings)
+    encoder: Callable[[Any], Encoder]
+    converter_module: str  # e.g. "prottrans_jax.convert.bert", imported when needed
+    default_vocabulary: Callable[[], ProteinVocabulary]
+
+    @property
+    def converter(self):
+        return importlib.import_module(self.converter_module)
+
+    def config_from_dict(self, values: Mapping[str, Any], **overrides: Any):
+        """The config dataclass from model.json's dict; an unknown key is an error naming it."""
+        fields = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{self.config_cls.__name__} has no field {unknown[0]!r}")
+        return self.config_cls(**{**values, **overrides})
+
+
+_FAMILIES: dict[str, Family] = {}
+_DISCOVERED = False
+
+
+def register(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def _discover() -> None:
+    """Imports every model module once: each family registers itself at import."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        import prottrans_jax.models as models_package
+
+        for module in pkgutil.iter_modules(models_package.__path__):
+            importlib.import_module(f"{models_package.__name__}.{module.name}")
+        _DISCOVERED = True
+
+
+def all_families() -> dict[str, Family]:
+    _discover()
+    return dict(_FAMILIES)
+
+
+def get(name: str) -> Family:
+    families = all_families()
+    if name not in families:
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(families)}")
+    return families[name]
+
+
+def for_config(config: Any) -> Family:
+    for family in all_families().values():
+        if isinstance(config, family.config_cls):
+            return family
+    raise ValueError(f"no registered family has config class {type(config).__name__}")
+
+
+def for_hf_config(hf_config: Mapping[str, Any], where: str) -> Family:
+    """The family whose converter reads a Hugging Face config.json (by its `model_type`)."""
+    model_type = hf_config.get("model_type")
+    families = all_families().values()
+    for family in families:
+        if model_type in family.hf_model_types:
+            return family
+    known = sorted(t for f in families for t in f.hf_model_types)
+    raise ValueError(f"{where}: model_type {model_type!r} is not a family this project reads "
+                     f"(known: {known})")
