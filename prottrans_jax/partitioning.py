@@ -3,7 +3,11 @@
 Models name every parameter dimension with T5X's logical axes (`batch`, `length`, `embed`,
 `heads`, `kv`, `joined_kv`, `mlp`, `vocab`, `relpos_buckets`, `layers`) through
 `nn.with_logical_partitioning`. A rule set maps those names to the mesh axes `data` and
-`model`; choosing a rule set (a gin file under gin/partitioning/) chooses the parallelism:
+`model`; choosing a rule set (`Partitioner.rule_set`, set by a gin file under
+gin/partitioning/) chooses the parallelism. The rules are built by one function, `rules`, as
+T5X's `standard_logical_axis_rules`; a family with logical axes of its own adds them with
+`Partitioner.extra_rules` in its model gin file (MaxText's merge: a name given there replaces
+the standard rule of that name, a new name is appended):
 
     DATA_PARALLEL          parameters replicated, batch split along `data`.
     FSDP                   also `embed` -> `data`: every matrix with an embed dimension is
@@ -37,56 +41,39 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LogicalRules = tuple[tuple[str, Any], ...]
 
-# Logical names that are never split, listed so each rule set documents every T5X name.
-_ALWAYS_REPLICATED: LogicalRules = (
-    ("length", None),
-    ("kv", None),
-    ("relpos_buckets", None),
-    ("layers", None),
-)
-
-DATA_PARALLEL: LogicalRules = (
-    ("batch", "data"),
-    ("embed", None),
-    ("heads", None),
-    ("joined_kv", None),
-    ("mlp", None),
-    ("vocab", None),
-) + _ALWAYS_REPLICATED
-
-FSDP: LogicalRules = (
-    ("batch", "data"),
-    ("embed", "data"),
-    ("heads", None),
-    ("joined_kv", None),
-    ("mlp", None),
-    ("vocab", None),
-) + _ALWAYS_REPLICATED
-
-TENSOR_PARALLEL: LogicalRules = (
-    ("batch", "data"),
-    ("embed", None),
-    ("heads", "model"),
-    ("joined_kv", "model"),
-    ("mlp", "model"),
-    ("vocab", "model"),
-) + _ALWAYS_REPLICATED
-
-FSDP_TENSOR_PARALLEL: LogicalRules = (
-    ("batch", "data"),
-    ("embed", "data"),
-    ("heads", "model"),
-    ("joined_kv", "model"),
-    ("mlp", "model"),
-    ("vocab", "model"),
-) + _ALWAYS_REPLICATED
-
-RULE_SETS: dict[str, LogicalRules] = {
-    "data_parallel": DATA_PARALLEL,
-    "fsdp": FSDP,
-    "tensor_parallel": TENSOR_PARALLEL,
-    "fsdp_tensor_parallel": FSDP_TENSOR_PARALLEL,
+# Every logical axis name of the shared layers, in rule order (a rule set documents each).
+LOGICAL_AXES = ("batch", "embed", "heads", "joined_kv", "mlp", "vocab", "length", "kv",
+                "relpos_buckets", "layers")
+_FSDP = {"embed": "data"}
+_TENSOR = {"heads": "model", "joined_kv": "model", "mlp": "model", "vocab": "model"}
+_SPLITS: dict[str, dict[str, str]] = {
+    "data_parallel": {},
+    "fsdp": _FSDP,
+    "tensor_parallel": _TENSOR,
+    "fsdp_tensor_parallel": {**_FSDP, **_TENSOR},
 }
+
+
+def rules(rule_set: str, extra: Sequence[tuple[str, Any]] = ()) -> LogicalRules:
+    """The logical-axis rules of a named parallelism, merged with a model's extra rules.
+
+    Every rule set puts `batch` on `data`; the others are unsplit unless the set splits them.
+    """
+    if rule_set not in _SPLITS:
+        raise ValueError(f"unknown rule_set {rule_set!r}; choose one of {sorted(_SPLITS)}")
+    split = {"batch": "data", **_SPLITS[rule_set]}
+    base = [(name, split.get(name)) for name in LOGICAL_AXES]
+    overrides = {str(name): axis for name, axis in extra}
+    merged = [(name, overrides.pop(name, axis)) for name, axis in base]
+    merged += [(name, axis) for name, axis in extra if name in overrides]
+    return tuple(merged)
+
+
+RULE_SETS: dict[str, LogicalRules] = {name: rules(name) for name in _SPLITS}
+DATA_PARALLEL = RULE_SETS["data_parallel"]
+FSDP = RULE_SETS["fsdp"]
+TENSOR_PARALLEL = RULE_SETS["tensor_parallel"]
+FSDP_TENSOR_PARALLEL = RULE_SETS["fsdp_tensor_parallel"]
 
 
 def _resolve_shape(shape: Sequence[int], num_devices: int, what: str) -> tuple[int, ...]:
@@ -236,18 +223,23 @@ def unbox_shapes(boxed: Any) -> Any:
 class Partitioner:
     """A mesh plus the logical-axis rules that place every array on it.
 
-    gin binds `mesh_shape` and `logical_axis_rules` (see gin/partitioning/*.gin); `devices`
-    defaults to all devices of all hosts.
+    gin binds `mesh_shape` and `rule_set` (see gin/partitioning/*.gin), a model's gin file its
+    `extra_rules`; `logical_axis_rules`, when given, replaces both (tests, hand-made layouts).
+    `devices` defaults to all devices of all hosts.
     """
 
     mesh_shape: Sequence[int] = (-1, 1)
-    logical_axis_rules: LogicalRules = DATA_PARALLEL
+    rule_set: str = "data_parallel"
+    extra_rules: Sequence[tuple[str, Any]] = ()
+    logical_axis_rules: LogicalRules | None = None
     axis_names: Sequence[str] = ("data", "model")
     dcn_mesh_shape: Sequence[int] | None = None
     devices: Sequence[jax.Device] | None = None
     mesh: Mesh = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
+        if self.logical_axis_rules is None:
+            self.logical_axis_rules = rules(self.rule_set, self.extra_rules)
         self.logical_axis_rules = tuple((str(name), axis) for name, axis in self.logical_axis_rules)
         self.mesh = make_mesh(self.mesh_shape, self.axis_names, self.devices, self.dcn_mesh_shape)
 

@@ -280,3 +280,20 @@ def test_input_shard_per_process():
     assert partitioning.data_shard_of_process(shared_rows, 0, 3) == (1, 2)
     with pytest.raises(ValueError, match="non-contiguous"):
         partitioning.data_shard_of_process(np.array([[0], [1], [0], [1]]), 0, 0)
+
+
+def test_a_models_extra_rules_replace_or_extend_the_rule_set():
+    merged = partitioning.rules("fsdp", [("embed", None), ("positions", None)])
+    assert dict(merged)["embed"] is None and merged[-1] == ("positions", None)
+    assert [name for name, _ in merged[:-1]] == list(partitioning.LOGICAL_AXES)
+    gin.clear_config()
+    try:
+        gin.parse_config_file(str(REPO / "gin" / "partitioning" / "fsdp.gin"))
+        gin.parse_config("partitioning.Partitioner.extra_rules = [('positions', 'model')]")
+        partitioner = partitioning.Partitioner()
+    finally:
+        gin.clear_config()
+    assert dict(partitioner.logical_axis_rules)["positions"] == "model"
+    assert dict(partitioner.logical_axis_rules)["embed"] == "data"
+    with pytest.raises(ValueError, match="unknown rule_set 'zero3'"):
+        partitioning.rules("zero3")

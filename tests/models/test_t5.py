@@ -110,7 +110,7 @@ def test_logits_and_encoder_match_hf_t5(feed_forward, tied, scan, batch):
     np.testing.assert_allclose(
         np.asarray(encoded)[enc_valid], hf_out.encoder_last_hidden_state.numpy()[enc_valid], rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_allclose(np.asarray(logits)[dec_valid], hf_out.logits.numpy()[dec_valid], rtol=1e-5, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits)[dec_valid], hf_out.logits.numpy()[dec_valid], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
@@ -131,7 +131,7 @@ def test_encoder_only_checkpoint_matches_hf_t5_encoder_model(feed_forward, batch
         ).last_hidden_state.numpy()
     got = np.asarray(T5(config).apply({"params": params}, inputs, method=T5.encode))
     valid = inputs != 0
-    np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-5, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ our model on its own
