@@ -28,6 +28,7 @@ import importlib
 import pkgutil
 from typing import Any, Callable, Mapping, Protocol
 
+import gin
 import jax
 import numpy as np
 
@@ -92,8 +93,10 @@ def _discover() -> None:
     if not _DISCOVERED:
         import prottrans_jax.models as models_package
 
-        for module in pkgutil.iter_modules(models_package.__path__):
-            importlib.import_module(f"{models_package.__name__}.{module.name}")
+        # The modules define gin configurables: gin may already be locked (inside train()).
+        with gin.unlock_config():
+            for module in pkgutil.iter_modules(models_package.__path__):
+                importlib.import_module(f"{models_package.__name__}.{module.name}")
         _DISCOVERED = True
 
 

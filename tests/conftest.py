@@ -7,8 +7,14 @@ _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}".strip()
 
+import dataclasses  # noqa: E402
+import gzip  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import gin  # noqa: E402  (after XLA_FLAGS: gin does not import jax)
 import pytest  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "uniprot_sample.fasta.gz"
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +50,163 @@ def tiny_t5_hf_dir(tmp_path_factory):
         return made[seed]
 
     return make
+
+
+# A tiny BERT in ProtBert's layout: 30-token vocabulary, GELU, post-LayerNorm, dropout off.
+TINY_BERT = dict(vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0, hidden_act="gelu")
+
+
+def random_hf_bert(head: str = "pretraining", seed: int = 0, **overrides):
+    """A random Hugging Face BERT (`pretraining`: BertForPreTraining, `mlm`: BertForMaskedLM,
+    `model`: BertModel) with non-trivial LayerNorm parameters, in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(**{**TINY_BERT, **overrides}, attn_implementation="eager")
+    cls = {"pretraining": transformers.BertForPreTraining, "mlm": transformers.BertForMaskedLM,
+           "model": transformers.BertModel}[head]
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" in name:
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_hf_dir(tmp_path_factory):
+    """make(head, seed) -> a local HF directory of `random_hf_bert(head, seed)` with ProtBert's
+    vocab.txt, built once per (head, seed) and session."""
+    made = {}
+
+    def make(head: str = "pretraining", seed: int = 0) -> str:
+        if (head, seed) not in made:
+            from prottrans_jax.convert import bert as bert_convert
+
+            path = tmp_path_factory.mktemp(f"tiny_bert_{head}_{seed}")
+            random_hf_bert(head, seed).save_pretrained(path)
+            bert_convert.write_tokenizer(str(path))
+            made[head, seed] = str(path)
+        return made[head, seed]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def antiberty_dir():
+    """The real AntiBERTy weights (pip antiberty==0.1.3): config.json, pytorch_model.bin and
+    the package's vocab.txt, or a skip when the package is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("antiberty")
+    if spec is None:
+        pytest.skip("antiberty==0.1.3 (real BERT weights) is not installed")
+    root = Path(spec.submodule_search_locations[0]) / "trained_models"
+    return root / "AntiBERTy_md_smooth", root / "vocab.txt"
+
+
+# ------------------------------------------------------------------ corpora
+
+
+def run_build(inputs, output_dir, **kwargs):
+    overwrite = kwargs.pop("overwrite", False)
+    pipeline_args = kwargs.pop("pipeline_args", None)
+    from tfrecords_builder.build import build
+    from tfrecords_builder.pipeline import BuildConfig
+
+    config = BuildConfig(inputs=tuple(str(i) for i in inputs), output_dir=str(output_dir), **kwargs)
+    return build(config, pipeline_args, overwrite=overwrite, log=lambda *_: None)
+
+
+def short_protein_corpus(tmp_path_factory, count=32, max_length=50):
+    """A corpus of the first `count` real sample proteins shorter than max_length residues,
+    all in the train split; built once per test session (shared with test_train_cli)."""
+    from prottrans_jax.fasta import read_fasta
+
+    root = tmp_path_factory.getbasetemp() / f"short_proteins_{count}_{max_length}"
+    if not (root / "corpus" / "stats.json").exists():
+        root.mkdir(exist_ok=True)
+        records = [r for r in read_fasta(SAMPLE) if len(r.sequence) < max_length][:count]
+        assert len(records) == count
+        with gzip.open(root / "short.fasta.gz", "wt") as handle:
+            for r in records:
+                handle.write(f">{r.id}\n{r.sequence}\n")
+        run_build([root / "short.fasta.gz"], root / "corpus", num_shards=1,
+                  validation_fraction=0.0)
+    return root / "corpus"
+
+
+# ------------------------------------------------------------------ ProtT5 directories
+
+
+# ProtT5's shape in miniature: 128 ids, ReLU, untied lm_head, relative buckets as released.
+HF_TINY = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+               dropout_rate=0.0, decoder_start_token_id=0, feed_forward_proj="relu", tie_word_embeddings=False)
+
+
+def random_hf_model(seed: int = 0):
+    """A random full ProtT5-like model; the untied lm_head gets its own random values."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**HF_TINY))
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    return model.eval()
+
+
+def save_hf_dir(model, path) -> str:
+    """A local HF directory as released: weights, config and ProtT5 tokenizer files."""
+    from prottrans_jax.convert import t5 as t5_convert
+
+    model.save_pretrained(path)
+    t5_convert.write_tokenizer(str(path))
+    return str(path)
+
+
+def write_model_dir(path, state_dict: dict, step: int = 7):
+    """A MODEL_DIR as the trainer wrote it before model.json: operative_config.gin binding
+    T5Config (and importing modules, which readers must not execute), and an orbax
+    checkpoint whose `state` item holds step, params and an optimizer state."""
+    import jax
+    import jax.numpy as jnp
+
+    from prottrans_jax.checkpoints import Checkpointer
+    from prottrans_jax.convert.t5 import config_from_hf, hf_to_flax
+
+    config = config_from_hf(HF_TINY, state_dict, dtype="float32")
+    params = jax.tree.map(jnp.asarray, hf_to_flax(state_dict, config))
+    os.makedirs(path, exist_ok=True)
+    lines = ["import prottrans_jax.models.t5", "import prottrans_jax.train", "import this",
+             "MODEL_DIR = 'somewhere'", "train.batch_size = 8"]  # other configurables are skipped
+    lines += [f"T5Config.{f.name} = {getattr(config, f.name)!r}" for f in dataclasses.fields(config)]
+    with open(os.path.join(path, "operative_config.gin"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    opt_state = {"mu": jax.tree.map(jnp.ones_like, params), "count": jnp.asarray(step)}
+    with Checkpointer(str(path), save_interval_steps=1, async_save=False) as checkpointer:
+        checkpointer.save_now(step, {"step": jnp.asarray(step), "params": params, "opt_state": opt_state},
+                              {"batches_consumed": step})
+    return config
+
+
+def write_bert_model_dir(path, params, config, step=5):
+    """A ProtBert MODEL_DIR as the trainer writes it: model.json and an orbax checkpoint."""
+    import jax
+    import jax.numpy as jnp
+
+    from prottrans_jax import model_dir as model_dir_lib
+    from prottrans_jax.checkpoints import Checkpointer
+    from prottrans_jax.families import get as get_family
+    from prottrans_jax.vocab import prot_bert_vocabulary
+
+    family = get_family("prot_bert")
+    model_dir_lib.write_model_json(str(path), model_dir_lib.describe_model(family, config, prot_bert_vocabulary()))
+    params = jax.tree.map(jnp.asarray, params)
+    with Checkpointer(str(path), save_interval_steps=1, async_save=False) as checkpointer:
+        checkpointer.save_now(step, {"step": jnp.asarray(step), "params": params,
+                                     "opt_state": {"mu": jax.tree.map(jnp.zeros_like, params)}},
+                              {"batches_consumed": step})

@@ -5,7 +5,7 @@ import pytest
 import tasks
 from prottrans_jax import demo
 from prottrans_jax.demo import wilson_interval
-from tests.test_tfrecords_builder import SAMPLE, run_build
+from tests.conftest import SAMPLE, run_build
 
 
 def test_wilson_interval_matches_the_textbook_values():

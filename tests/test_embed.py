@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from prottrans_jax import inference
-from tests.test_export_hf import random_hf_model, save_hf_dir, write_model_dir
+from tests.conftest import random_hf_model, save_hf_dir, write_model_dir
 
 MAX_LENGTH = 40  # proteins above it are embedded alone
 MAX_TOKENS = 160  # several batches, and partial last batches, for the FASTA below
@@ -213,3 +213,51 @@ def test_out_of_memory_skips_a_long_protein_but_stops_on_a_batch():
         inference._skip_if_alone_and_out_of_memory(oom, batch, summary, 4096)
     with pytest.raises(ValueError, match="unrelated"):  # other errors are not swallowed
         inference._skip_if_alone_and_out_of_memory(ValueError("unrelated"), long, summary, 4096)
+
+
+def test_a_bert_directory_embeds_only_the_residues(embed, tiny_bert_hf_dir, tmp_path):
+    """A ProtBert-shaped HF directory (recognised by its config's model_type): proteins framed
+    as [CLS] ... [SEP], only the residues written; a MODEL_DIR of the same weights agrees."""
+    from prottrans_jax.convert import bert as bert_convert
+    from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
+    from tests.conftest import random_hf_bert, write_bert_model_dir
+
+    hf_dir = tiny_bert_hf_dir("pretraining", 5)
+    fasta = write_fasta(tmp_path / "p.fasta", SEQUENCES)
+    out = str(tmp_path / "bert.h5")
+    summary = embed.embed_fasta_to_h5(fasta, out, hf_model=hf_dir, per_residue=True, per_protein=True,
+                                      max_tokens=MAX_TOKENS, max_length=MAX_LENGTH)
+    assert summary["family"] == "prot_bert" and summary["embedded"] == len(SEQUENCES)
+    per_residue, per_protein = read_h5(out), read_h5(embed.per_protein_path(out))
+    model = random_hf_bert("pretraining", 5).bert
+    tokenizer = transformers.BertTokenizer.from_pretrained(hf_dir)
+    for protein_id, sequence in SEQUENCES.items():
+        text = " ".join(sequence.upper().translate(str.maketrans("UZOB", "XXXX")))
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        assert ids.shape[1] == len(sequence) + 2  # [CLS] residues [SEP]
+        with torch.no_grad():
+            expected = model(input_ids=ids).last_hidden_state[0, 1:-1].numpy()
+        array, attrs = per_residue[protein_id.replace("/", "_")]
+        assert array.shape == (len(sequence), 32) and attrs["length"] == len(sequence)
+        np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5, err_msg=protein_id)
+        np.testing.assert_allclose(per_protein[protein_id.replace("/", "_")][0], expected.mean(0),
+                                   rtol=1e-5, atol=1e-5, err_msg=protein_id)
+    state_dict = load_hf_state_dict(hf_dir)
+    config = bert_convert.config_from_hf(load_hf_config(hf_dir), state_dict, dtype="float32")
+    write_bert_model_dir(tmp_path / "model", bert_convert.hf_to_flax(state_dict, config), config)
+    from_dir = str(tmp_path / "from_model_dir.h5")
+    embed.embed_fasta_to_h5(fasta, from_dir, model_dir=str(tmp_path / "model"), per_residue=False,
+                            per_protein=True, max_tokens=MAX_TOKENS, max_length=MAX_LENGTH)
+    for name, (array, _) in read_h5(embed.per_protein_path(out)).items():
+        np.testing.assert_allclose(read_h5(from_dir)[name][0], array, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_directory_of_an_unknown_family_is_a_one_line_error(embed, setup, tmp_path, capsys):
+    _, _, hf_dir, fasta = setup
+    other = tmp_path / "esm"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "esm", "hidden_size": 32}')
+    code = embed.main(["--fasta", fasta, "--output", str(tmp_path / "o.h5"), "--hf_model", str(other)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"{other / 'config.json'}: model_type 'esm' is not a family this project reads" in err

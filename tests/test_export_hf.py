@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,51 +12,12 @@ import transformers
 
 from prottrans_jax import export_hf
 from prottrans_jax import model_dir as model_dir_lib
-from prottrans_jax.checkpoints import Checkpointer
 from prottrans_jax.convert import t5 as t5_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
-from prottrans_jax.convert.t5 import config_from_hf, hf_to_flax
-from prottrans_jax.models.t5 import T5, T5Config
+from prottrans_jax.convert.t5 import config_from_hf
+from prottrans_jax.models.t5 import T5
 from prottrans_jax.vocab import prot_t5_vocabulary
-
-# ProtT5's shape in miniature: 128 ids, ReLU, untied lm_head, relative buckets as released.
-HF_TINY = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
-               dropout_rate=0.0, decoder_start_token_id=0, feed_forward_proj="relu", tie_word_embeddings=False)
-
-
-def random_hf_model(seed: int = 0) -> transformers.T5ForConditionalGeneration:
-    """A random full ProtT5-like model; the untied lm_head gets its own random values."""
-    torch.manual_seed(seed)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**HF_TINY))
-    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
-    return model.eval()
-
-
-def save_hf_dir(model, path) -> str:
-    """A local HF directory as released: weights, config and ProtT5 tokenizer files."""
-    model.save_pretrained(path)
-    t5_convert.write_tokenizer(str(path))
-    return str(path)
-
-
-def write_model_dir(path, state_dict: dict, step: int = 7) -> T5Config:
-    """A MODEL_DIR as the trainer wrote it before model.json: operative_config.gin binding
-    T5Config (and importing modules, which readers must not execute), and an orbax
-    checkpoint whose `state` item holds step, params and an optimizer state."""
-    config = config_from_hf(HF_TINY, state_dict, dtype="float32")
-    params = jax.tree.map(jnp.asarray, hf_to_flax(state_dict, config))
-    os.makedirs(path, exist_ok=True)
-    lines = ["import prottrans_jax.models.t5", "import prottrans_jax.train", "import this",
-             "MODEL_DIR = 'somewhere'", "train.batch_size = 8"]  # other configurables are skipped
-    lines += [f"T5Config.{f.name} = {getattr(config, f.name)!r}" for f in dataclasses.fields(config)]
-    with open(os.path.join(path, "operative_config.gin"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    opt_state = {"mu": jax.tree.map(jnp.ones_like, params), "count": jnp.asarray(step)}
-    with Checkpointer(str(path), save_interval_steps=1, async_save=False) as checkpointer:
-        checkpointer.save_now(step, {"step": jnp.asarray(step), "params": params, "opt_state": opt_state},
-                              {"batches_consumed": step})
-    return config
-
+from tests.conftest import HF_TINY, random_hf_model, write_model_dir
 
 @pytest.fixture(scope="module")
 def hf_model():

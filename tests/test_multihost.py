@@ -31,7 +31,7 @@ import pytest
 from prottrans_jax import partitioning
 from prottrans_jax.fasta import read_fasta
 from tests import multihost_worker
-from tests.test_tfrecords_builder import SAMPLE, run_build
+from tests.conftest import SAMPLE, run_build
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2

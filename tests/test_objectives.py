@@ -104,16 +104,19 @@ def test_span_corruption_lengths_fit_exactly():
 def test_bert_mlm_rates_and_weights():
     rows, dataset = residue_dataset(BERT)
     out = run(objectives.bert_mlm, dataset, BERT_FEATURES)
-    chosen = as_mask = as_random = unchanged = total = 0
+    chosen = as_mask = as_random = unchanged = total = kept_total = 0
     for original, ex in zip(rows, out):
         assert ex["inputs"][0] == BERT.bos_id and ex["inputs"][-1] == BERT.eos_id
         np.testing.assert_array_equal(ex["targets"][1:-1], original)
         codes = ex["mlm_weights"]
         assert codes[0] == codes[-1] == objectives.NOT_CHOSEN
-        is_chosen = codes[1:-1] == objectives.CHOSEN
+        is_chosen = codes[1:-1] != objectives.NOT_CHOSEN
         inputs = ex["inputs"][1:-1]
         np.testing.assert_array_equal(inputs[~is_chosen], original[~is_chosen])
+        kept = codes[1:-1] == objectives.CHOSEN_KEPT  # scored, but left visible
+        np.testing.assert_array_equal(inputs[kept], original[kept])
         chosen += is_chosen.sum()
+        kept_total += kept.sum()
         as_mask += (inputs[is_chosen] == BERT.mask_id).sum()
         same = inputs[is_chosen] == original[is_chosen]
         unchanged += same.sum()
@@ -125,6 +128,7 @@ def test_bert_mlm_rates_and_weights():
     # A random replacement equals the original 1 time in 20: count it as "unchanged".
     assert abs(as_random / chosen - 0.1 * 19 / 20) < 0.015
     assert abs(unchanged / chosen - (0.1 + 0.1 / 20)) < 0.015
+    assert abs(kept_total / chosen - 0.1) < 0.015
 
 
 @pytest.mark.parametrize("fn,features", [(objectives.prott5_denoise, T5_FEATURES),

@@ -6,7 +6,8 @@ import pytest
 from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
 from tasks.corpus import OBJECTIVES, register_corpus
 from tasks.show_batches import describe_batch
-from tests.test_tfrecords_builder import random_fasta, run_build
+from tests.conftest import run_build
+from tests.test_tfrecords_builder import random_fasta
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +101,12 @@ def test_span_corruption_marks_the_residues_of_the_target_spans(corpus):
 def test_bert_loss_weights_mark_chosen_positions(corpus):
     batch = batches("unit_bert_mlm", count=1)[0]
     weights = batch["encoder_loss_weights"].astype(bool)
+    hidden = batch["encoder_masked_weights"].astype(bool)
     changed = batch["encoder_input_tokens"] != batch["encoder_target_tokens"]
-    assert np.all(weights[changed])  # every corrupted position carries loss
+    assert np.all(weights[changed]) and np.all(hidden[changed])  # corrupted: scored and hidden
+    assert np.all(weights[hidden])  # hidden positions are scored
+    kept = weights & ~hidden  # the unchanged 10%: scored, visible
+    assert np.array_equal(batch["encoder_input_tokens"][kept], batch["encoder_target_tokens"][kept])
     assert 0.1 < weights.sum() / (batch["encoder_segment_ids"] > 0).sum() < 0.2
 
 

@@ -12,11 +12,12 @@ from prottrans_jax.fasta import FastaError, read_fasta
 from prottrans_jax.vocab import normalize_sequence
 from tfrecords_builder import tfrecord_io
 from tfrecords_builder.__main__ import main
-from tfrecords_builder.build import BuildError, build, verify_shards
+from tfrecords_builder.build import BuildError, verify_shards
 from tfrecords_builder.fasta_source import FastaSource
 from tfrecords_builder.pipeline import BuildConfig, assign_split, sequence_digest
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "uniprot_sample.fasta.gz"
+from tests.conftest import SAMPLE, run_build
+
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 
 
@@ -49,13 +50,6 @@ def read_corpus(output_dir):
             assert len(sequence.split(" ")) == ex["length"].numpy()
             corpus[split][ex["id"].numpy().decode()] = sequence
     return corpus
-
-
-def run_build(inputs, output_dir, **kwargs):
-    overwrite = kwargs.pop("overwrite", False)
-    pipeline_args = kwargs.pop("pipeline_args", None)
-    config = BuildConfig(inputs=tuple(str(i) for i in inputs), output_dir=str(output_dir), **kwargs)
-    return build(config, pipeline_args, overwrite=overwrite, log=lambda *_: None)
 
 
 def file_digests(directory):

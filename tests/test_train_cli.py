@@ -16,7 +16,7 @@ import tasks
 from prottrans_jax import checkpoints, training
 from prottrans_jax import train as train_lib
 from prottrans_jax.data.dataset import get_task, task_feature_lengths
-from tests.test_trainer import short_protein_corpus
+from tests.conftest import short_protein_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"

@@ -4,7 +4,6 @@ Needs 8 CPU devices (tests/conftest.py sets XLA_FLAGS before jax is imported).
 """
 
 import dataclasses
-import gzip
 
 import flax.linen as nn
 import jax
@@ -14,33 +13,16 @@ import optax
 import pytest
 
 from prottrans_jax import partitioning
-from prottrans_jax.fasta import read_fasta
 from prottrans_jax.models.base import Average, Sum, summarize
+from prottrans_jax.models.bert import BertConfig, BertMLMModel
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
 from prottrans_jax.models.t5 import T5Config
 from prottrans_jax.trainer import Trainer, peak_flops_per_device
-from tests.test_tfrecords_builder import SAMPLE, run_build
 
 # Tiny T5 (both stacks, relative bias, packing, dropout) that compiles in a few seconds.
 TINY = T5Config(vocab_size=128, d_model=32, num_heads=4, head_dim=8, d_ff=64,
                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1, dtype="float32",
                 tie_word_embeddings=False, scale_decoder_outputs=True)
-
-
-def short_protein_corpus(tmp_path_factory, count=32, max_length=50):
-    """A corpus of the first `count` real sample proteins shorter than max_length residues,
-    all in the train split; built once per test session (shared with test_train_cli)."""
-    root = tmp_path_factory.getbasetemp() / f"short_proteins_{count}_{max_length}"
-    if not (root / "corpus" / "stats.json").exists():
-        root.mkdir(exist_ok=True)
-        records = [r for r in read_fasta(SAMPLE) if len(r.sequence) < max_length][:count]
-        assert len(records) == count
-        with gzip.open(root / "short.fasta.gz", "wt") as handle:
-            for r in records:
-                handle.write(f">{r.id}\n{r.sequence}\n")
-        run_build([root / "short.fasta.gz"], root / "corpus", num_shards=1,
-                  validation_fraction=0.0)
-    return root / "corpus"
 
 
 def packed_batch(seed=0, rows=8, length=24):
@@ -61,6 +43,25 @@ def packed_batch(seed=0, rows=8, length=24):
             "decoder_target_tokens": targets, "decoder_loss_weights": (segments > 0).astype(np.int32),
             "decoder_masked_weights": masked.astype(np.int32),
             "decoder_segment_ids": segments, "decoder_positions": positions}
+
+
+# Tiny BERT (absolute positions, biases, post-LayerNorm, packing, dropout).
+TINY_BERT = BertConfig(vocab_size=30, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
+                       max_position_embeddings=32, hidden_dropout_prob=0.1, attention_dropout_prob=0.1,
+                       dtype="float32")
+
+
+def bert_packed_batch(seed=0, rows=8, length=24):
+    """A bert_mlm-shaped packed batch: two proteins per row, [CLS] ... [SEP], 15% chosen."""
+    rng = np.random.default_rng(seed)
+    t5 = packed_batch(seed, rows, length)
+    segments, positions = t5["encoder_segment_ids"], t5["encoder_positions"]
+    targets = rng.integers(5, 30, (rows, length)).astype(np.int32) * (segments > 0)
+    chosen = (rng.random((rows, length)) < 0.15) & (segments > 0)
+    hidden = chosen & (rng.random((rows, length)) < 0.9)
+    return {"encoder_input_tokens": np.where(hidden, 4, targets), "encoder_target_tokens": targets,
+            "encoder_loss_weights": chosen.astype(np.int32), "encoder_masked_weights": hidden.astype(np.int32),
+            "encoder_segment_ids": segments, "encoder_positions": positions}
 
 
 def one_step(partitioner, model, batch, num_microbatches=1, params=None):
@@ -84,24 +85,29 @@ def one_step(partitioner, model, batch, num_microbatches=1, params=None):
 
 
 @pytest.mark.slow
-def test_train_step_on_meshes_and_rule_sets_equals_one_device():
-    model = EncoderDecoderModel(TINY)
-    batch = packed_batch()
+@pytest.mark.parametrize("family", ["prot_t5", "prot_bert"])
+def test_train_step_on_meshes_and_rule_sets_equals_one_device(family):
+    """Every rule set on a (4, 2) mesh, and on (8, 1), where the tensor-parallel sets equal
+    their data-parallel twins (a `model` axis of 1), the data-parallel and FSDP sets."""
+    model, batch = ((EncoderDecoderModel(TINY), packed_batch()) if family == "prot_t5"
+                    else (BertMLMModel(TINY_BERT), bert_packed_batch()))
     single = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
     before, after, metrics = one_step(single, model, batch)
     grads = jax.tree.map(lambda a, b: a - b, before, after)
     assert metrics["loss"] > 1.0 and optax.global_norm(grads) > 1e-3
-    for mesh_shape in [(4, 2), (8, 1)]:
-        for name, rules in partitioning.RULE_SETS.items():
-            partitioner = partitioning.Partitioner(mesh_shape=mesh_shape, logical_axis_rules=rules)
-            _, got_after, got_metrics = one_step(partitioner, model, batch, params=before)
-            where = f"{mesh_shape} {name}"
-            np.testing.assert_allclose(got_metrics["loss"], metrics["loss"], rtol=1e-5, err_msg=where)
-            np.testing.assert_allclose(got_metrics["grad_norm"], metrics["grad_norm"], rtol=1e-5,
-                                       err_msg=where)
-            jax.tree.map(lambda a, b, w=where: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5,
-                                                                        err_msg=w),
-                         jax.tree.map(lambda a, b: a - b, before, got_after), grads)
+    layouts = [((4, 2), name) for name in partitioning.RULE_SETS] + [((8, 1), "data_parallel"),
+                                                                     ((8, 1), "fsdp")]
+    for mesh_shape, name in layouts:
+        partitioner = partitioning.Partitioner(mesh_shape=mesh_shape, rule_set=name,
+                                               extra_rules=[("abspos_buckets", None), ("token_types", None)])
+        _, got_after, got_metrics = one_step(partitioner, model, batch, params=before)
+        where = f"{family} {mesh_shape} {name}"
+        np.testing.assert_allclose(got_metrics["loss"], metrics["loss"], rtol=1e-5, err_msg=where)
+        np.testing.assert_allclose(got_metrics["grad_norm"], metrics["grad_norm"], rtol=1e-5,
+                                   err_msg=where)
+        jax.tree.map(lambda a, b, w=where: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5,
+                                                                    err_msg=w),
+                     jax.tree.map(lambda a, b: a - b, before, got_after), grads)
 
 
 def test_microbatches_give_the_full_batch_gradient():
@@ -219,6 +225,14 @@ def test_flops_count_reads_the_same_inside_a_mesh_context():
     outside = EncoderDecoderModel(TINY).matmul_params
     with partitioner.context():
         assert EncoderDecoderModel(TINY).matmul_params == outside
+
+
+def test_bert_flops_count_matches_hand_formula():
+    cfg = BertConfig(vocab_size=30, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    d, f, v, layers = 16, 32, 30, 2
+    per_token = layers * (4 * d * d + 2 * d * f) + d * d + d * v  # attention, FFN, MLM transform, output
+    batch = {"encoder_input_tokens": np.zeros((3, 10))}
+    assert BertMLMModel(cfg).flops_per_batch(batch) == 3 * (6 * per_token * 10 + 12 * layers * d * 100)
 
 
 def test_flops_count_matches_hand_formula():

@@ -8,7 +8,8 @@ refused before training starts (`check_task_fits`).
   objective's hidden positions, "targets_masked" -> `decoder_masked_weights`.
 - `EncoderMLMFeatureConverter` (ProtBert, ProtAlbert, ProtElectra) carries the objective's
   own loss weights, because BERT also scores the 10% random and 10% unchanged positions that
-  seqio's `EncoderFeatureConverter` (loss where input == [MASK]) would miss.
+  seqio's `EncoderFeatureConverter` (loss where input == [MASK]) would miss, and the hidden
+  positions among them (`encoder_masked_weights`: [MASK] or random, not the unchanged 10%).
 
 Packing puts several proteins in one row; `*_segment_ids` (1, 2, ...; 0 = padding) keep
 attention within a protein and `*_positions` restart at 0 for each protein.
@@ -21,7 +22,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from prottrans_jax.data.objectives import CHOSEN
+from prottrans_jax.data.objectives import CHOSEN, CHOSEN_KEPT
 
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 
@@ -54,6 +55,7 @@ class EncoderMLMFeatureConverter(seqio.FeatureConverter):
         "encoder_input_tokens": _INT,
         "encoder_target_tokens": _INT,
         "encoder_loss_weights": _INT,
+        "encoder_masked_weights": _INT,
     }
     PACKING_FEATURE_DTYPES = {
         "encoder_segment_ids": tf.int32,
@@ -68,6 +70,9 @@ class EncoderMLMFeatureConverter(seqio.FeatureConverter):
             converted = {"encoder_input_tokens": features["inputs"],
                          "encoder_target_tokens": features["targets"],
                          "encoder_loss_weights": tf.cast(
+                             (features["mlm_weights"] == CHOSEN) | (features["mlm_weights"] == CHOSEN_KEPT),
+                             tf.int32),
+                         "encoder_masked_weights": tf.cast(
                              tf.equal(features["mlm_weights"], CHOSEN), tf.int32)}
             if self.pack:
                 converted["encoder_segment_ids"] = features["inputs_segment_ids"]

@@ -30,6 +30,7 @@ import numpy as np
 
 from prottrans_jax.downstream import datasets, features as features_lib, metrics, training
 from prottrans_jax.downstream.report import Report
+from prottrans_jax.errors import first_line
 
 
 def _log(message):
@@ -461,6 +462,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (datasets.DatasetError, features_lib.FeatureError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad data, features or model directory
+        print(f"error: {first_line(error)}", file=sys.stderr)
         sys.exit(2)

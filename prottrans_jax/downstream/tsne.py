@@ -232,4 +232,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as error:  # bad data, features or model directory
+        from prottrans_jax.errors import first_line
+
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        sys.exit(2)

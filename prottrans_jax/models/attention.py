@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prottrans_jax.models.layers import Dense, default_kernel_init
+from prottrans_jax.models.layers import Dense, Initializer, default_kernel_init
 
 # A large negative logit, not -inf: a fully masked row (padding) then softmaxes to uniform
 # weights instead of NaN, and its output is ignored downstream.
@@ -119,9 +119,10 @@ class RelativePositionBias(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention without biases and without 1/sqrt(d) logit scaling.
+    """Multi-head dot-product attention, as T5 (the default) or BERT computes it.
 
-    T5 folds the 1/sqrt(head_dim) scale into the query initialisation instead of the logits.
+    T5: no biases, no 1/sqrt(d) logit scaling (T5 folds the 1/sqrt(head_dim) scale into the
+    query initialisation). BERT: `use_bias` on the four projections and `scale_logits`.
     Logits are softmaxed in float32 after adding `bias` (mask + position bias).
     """
 
@@ -130,22 +131,32 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    use_bias: bool = False
+    scale_logits: bool = False
+    kernel_init: Initializer | None = None  # None: T5X's fan-in init (query scaled down)
 
     @nn.compact
     def __call__(
         self, inputs_q: jax.Array, inputs_kv: jax.Array, bias: jax.Array | None, deterministic: bool = True
     ) -> jax.Array:
         inner_dim = self.num_heads * self.head_dim
-        query_init = lambda *a: default_kernel_init(*a) / math.sqrt(self.head_dim)  # noqa: E731
+        kernel_init = self.kernel_init or default_kernel_init
+        if self.kernel_init is None and not self.scale_logits:
+            query_init = lambda *a: default_kernel_init(*a) / math.sqrt(self.head_dim)  # noqa: E731
+        else:
+            query_init = kernel_init
 
-        def project(x, name, init=default_kernel_init):
-            y = Dense(inner_dim, ("embed", "joined_kv"), self.dtype, self.param_dtype, init, name=name)(x)
+        def project(x, name, init):
+            y = Dense(inner_dim, ("embed", "joined_kv"), self.dtype, self.param_dtype, init,
+                      self.use_bias, name=name)(x)
             y = y.reshape(y.shape[:-1] + (self.num_heads, self.head_dim))
             return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         query = project(inputs_q, "query", query_init)
-        key = project(inputs_kv, "key")
-        value = project(inputs_kv, "value")
+        key = project(inputs_kv, "key", kernel_init)
+        value = project(inputs_kv, "value", kernel_init)
+        if self.scale_logits:
+            query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
 
         # Accumulate and keep the logits in float32 even when the inputs are bfloat16.
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
@@ -157,5 +168,6 @@ class MultiHeadAttention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         out = out.reshape(out.shape[:-2] + (inner_dim,))
-        out = Dense(inputs_q.shape[-1], ("joined_kv", "embed"), self.dtype, self.param_dtype, name="out")(out)
+        out = Dense(inputs_q.shape[-1], ("joined_kv", "embed"), self.dtype, self.param_dtype,
+                    kernel_init, self.use_bias, name="out")(out)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))

@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by the model families (T5 now; ProtBert & co. later).
+"""Transformer building blocks shared by the model families (T5, BERT, and the ones to come).
 
 Every parameter is created through `nn.with_logical_partitioning` with T5X's logical axis
 names, so a partitioner maps them to mesh axes with rules alone. Parameters are stored in
@@ -22,14 +22,30 @@ default_embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
 REMAT_POLICIES = ("none", "full", "minimal")
 
 
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """relu; gelu, exact (erf: Hugging Face's "gelu", ELECTRA); gelu_tanh, the tanh
+    approximation (Hugging Face's "gelu_new", the TF BERT and ALBERT code, T5 1.1)."""
+    if name == "relu":
+        return nn.relu
+    if name == "gelu":
+        return lambda x: nn.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return lambda x: nn.gelu(x, approximate=True)
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+
+
 class Dense(nn.Module):
-    """A bias-free linear map (T5 uses no biases) whose kernel carries logical axis names."""
+    """A linear map whose kernel (and bias, if any) carry logical axis names; T5 uses no biases."""
 
     features: int
     kernel_axes: tuple[str, str]
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -40,22 +56,32 @@ class Dense(nn.Module):
             self.param_dtype,
         )
         kernel = jnp.asarray(kernel, self.dtype)
-        return jnp.dot(jnp.asarray(inputs, self.dtype), kernel)
+        y = jnp.dot(jnp.asarray(inputs, self.dtype), kernel)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[-1:]),
+                              (self.features,), self.param_dtype)
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
 
 
 class Embed(nn.Module):
-    """Token embedding table; `attend` reuses it as the output layer when weights are tied."""
+    """Embedding table; `attend` reuses it as the output layer when weights are tied.
+
+    `axes` name its dimensions: ("vocab", "embed") for tokens; a family's own names for
+    other tables (BERT's absolute positions and token types).
+    """
 
     num_embeddings: int
     features: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     embedding_init: Initializer = default_embedding_init
+    axes: tuple[str, str] = ("vocab", "embed")
 
     def setup(self):
         self.embedding = self.param(
             "embedding",
-            nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+            nn.with_logical_partitioning(self.embedding_init, self.axes),
             (self.num_embeddings, self.features),
             self.param_dtype,
         )
@@ -93,28 +119,54 @@ class RmsNorm(nn.Module):
         return jnp.asarray(x * jnp.asarray(scale, jnp.float32), self.dtype)
 
 
-class MlpBlock(nn.Module):
-    """Position-wise feed-forward block: ReLU (T5 1.0) or gated GELU (T5 1.1).
+class LayerNorm(nn.Module):
+    """Layer normalisation with scale and bias (BERT's), always computed in float32."""
 
-    Gated GELU uses the tanh approximation, as T5 1.1 and Hugging Face's `gelu_new` do.
-    """
-
-    intermediate_dim: int
-    activation: str = "relu"  # "relu" | "gated-gelu"
-    dropout_rate: float = 0.0
+    epsilon: float = 1e-12
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           features, self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                          features, self.param_dtype)
+        x = jnp.asarray(x, jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        variance = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        x = (x - mean) * jax.lax.rsqrt(variance + self.epsilon)
+        return jnp.asarray(x * jnp.asarray(scale, jnp.float32) + jnp.asarray(bias, jnp.float32), self.dtype)
+
+
+class MlpBlock(nn.Module):
+    """Position-wise feed-forward block: ReLU (T5 1.0), gated GELU (T5 1.1), or GELU with
+    biases (BERT: `activation` "gelu" or "gelu_tanh", `use_bias`).
+
+    Gated GELU uses the tanh approximation, as T5 1.1 and Hugging Face's `gelu_new` do.
+    Dropout (`dropout_rate`) applies to the hidden activations, as in T5.
+    """
+
+    intermediate_dim: int
+    activation: str = "relu"  # "relu" | "gated-gelu" | "gelu" | "gelu_tanh"
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    use_bias: bool = False
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         dense = lambda features, axes, name: Dense(  # noqa: E731
-            features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+            features, axes, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init, use_bias=self.use_bias, name=name
         )
-        if self.activation == "relu":
-            hidden = nn.relu(dense(self.intermediate_dim, ("embed", "mlp"), "wi")(x))
-        elif self.activation == "gated-gelu":
+        if self.activation == "gated-gelu":
             gate = nn.gelu(dense(self.intermediate_dim, ("embed", "mlp"), "wi_0")(x), approximate=True)
             hidden = gate * dense(self.intermediate_dim, ("embed", "mlp"), "wi_1")(x)
+        elif self.activation in ACTIVATIONS:
+            hidden = activation(self.activation)(dense(self.intermediate_dim, ("embed", "mlp"), "wi")(x))
         else:
             raise ValueError(f"unknown feed-forward activation {self.activation!r}")
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))

@@ -30,6 +30,16 @@ def test_amino_acid_tsne_from_hf_directory(tiny_t5_hf_dir, tmp_path):
     _png_is_nontrivial(path)
 
 
+def test_amino_acid_rows_of_a_bert_directory_follow_its_vocab_txt(tiny_bert_hf_dir):
+    from prottrans_jax.convert.hf_io import load_hf_state_dict
+
+    hf_dir = tiny_bert_hf_dir("pretraining", 0)
+    matrix = load_hf_state_dict(hf_dir)["bert.embeddings.word_embeddings.weight"]
+    rows, _ = tsne.load_token_embeddings(hf_dir)
+    np.testing.assert_array_equal(rows[0], matrix[6])  # ProtBert's vocab.txt: A is id 6
+    np.testing.assert_array_equal(rows[9], matrix[5])  # L is id 5
+
+
 def test_domain_of_life():
     try:
         tax = taxonomy.Taxonomy()

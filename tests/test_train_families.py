@@ -1,0 +1,220 @@
+"""One trainer for every family: ProtBert trained end to end, phases, continued pre-training
+from Hugging Face weights, and the one-line errors of a task or directory that does not fit."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import tasks
+from prottrans_jax import checkpoints, model_dir as model_dir_lib
+from prottrans_jax import train as train_lib
+from prottrans_jax.convert import bert as bert_convert
+from prottrans_jax.convert.hf_io import load_hf_state_dict
+from tests.conftest import random_hf_bert, short_protein_corpus
+
+BERT_GIN = "--gin_file=gin/experiments/prot_bert_tiny_sample.gin"
+T5_GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
+# The tiny HF BERT of tests/conftest.py (TINY_BERT): 2 layers, 32 wide, 4 heads, d_ff 64.
+SMALL_BERT = ["--gin.BertConfig.hidden_size=32", "--gin.BertConfig.num_layers=2",
+              "--gin.BertConfig.intermediate_size=64", "--gin.BertConfig.max_position_embeddings=128"]
+SMALL_T5 = ["--gin.T5Config.d_model=32", "--gin.T5Config.head_dim=8", "--gin.T5Config.d_ff=48",
+            "--gin.T5Config.num_encoder_layers=2", "--gin.T5Config.num_decoder_layers=2",
+            "--gin.T5Config.dropout_rate=0.0"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = short_protein_corpus(tmp_path_factory)
+    tasks.register_corpus("short", path)
+    return path
+
+
+def flags(gin_file, model_dir, steps, task, *extra, batch=8, length=64):
+    return [gin_file, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
+            f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.BATCH_SIZE={batch}",
+            f"--gin.INPUTS_LENGTH={length}", "--gin.train.eval_split='train'",
+            "--gin.train.eval_interval=None", "--gin.train.log_every=2", *extra]
+
+
+def bert_flags(model_dir, steps, *extra, **kwargs):
+    return flags(BERT_GIN, model_dir, steps, "short_bert_mlm", *SMALL_BERT, *extra, **kwargs)
+
+
+def run_ok(argv):
+    code, result = train_lib.run(argv)
+    assert code == 0
+    return result
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+# ------------------------------------------------------------------ a task that does not fit
+
+
+def test_a_task_of_another_objective_is_refused_before_anything_is_written(corpus, tmp_path, capsys):
+    code, _ = train_lib.run(flags(T5_GIN, tmp_path, 2, "short_bert_mlm"))
+    line = one_line_error(capsys)
+    assert code == 1 and "task 'short_bert_mlm' has features" in line
+    assert "EncoderDecoderModel (prot_t5)" in line and "EncDecMaskedFeatureConverter" in line
+    code, _ = train_lib.run(flags(BERT_GIN, tmp_path, 2, "short_prott5_denoise"))
+    assert code == 1 and "BertMLMModel (prot_bert)" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_vocabulary_larger_than_the_model_is_refused(corpus, tmp_path, capsys):
+    code, _ = train_lib.run(bert_flags(tmp_path, 2, "--gin.BertConfig.vocab_size=25"))
+    assert code == 1 and "30-id vocabulary 'prot_bert'" in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------ ProtBert end to end
+
+
+@pytest.fixture(scope="module")
+def straight_bert(corpus, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("bert_straight")
+    return model_dir, run_ok(bert_flags(model_dir, 6))
+
+
+def test_bert_stop_and_resume_equals_an_uninterrupted_run(straight_bert, tmp_path, monkeypatch):
+    model_dir, straight = straight_bert
+    with monkeypatch.context() as patch:  # a preemption after step 3
+        patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
+        assert run_ok(bert_flags(tmp_path, 6))["preempted"]
+    resumed = run_ok(bert_flags(tmp_path, 6))
+    assert resumed["step"] == 6
+    assert_trees_equal(resumed["state"], straight["state"])  # bit-identical
+    stored = json.loads((model_dir / "model.json").read_text())
+    assert stored["family"] == "prot_bert" and stored["config"]["hidden_size"] == 32
+    assert stored["vocabulary"][:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_a_second_phase_continues_with_new_lengths_and_batch_size(straight_bert, tmp_path, capsys):
+    """ProtBert's recipe: phase 2 continues phase 1's parameters, optimizer state, step and
+    learning-rate schedule at 2,048 tokens (here 6 steps of 8 x 64 tokens, then 4 of 16 x 128)."""
+    phase_one, _ = straight_bert
+    import shutil
+
+    shutil.copytree(phase_one, tmp_path / "m")
+    model_dir = tmp_path / "m"
+    # Within a phase, another batch size or length is refused (it would silently change the
+    # data stream and overwrite the record of how the steps so far were trained).
+    code, _ = train_lib.run(bert_flags(model_dir, 10, batch=16, length=128))
+    line = one_line_error(capsys)
+    assert code == 1 and "was trained with batch_size 8; this run has 16" in line
+    assert "train.phase = 2" in line
+    phase_two = run_ok(bert_flags(model_dir, 10, "--gin.train.phase=2", batch=16, length=128))
+    assert phase_two["step"] == 10 and int(phase_two["state"]["step"]) == 10
+    assert phase_two["feature_lengths"]["inputs"] == 128 and phase_two["host_batch"] == 16
+    counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(phase_two["state"]["opt_state"])[0]
+              if "count" in jax.tree_util.keystr(path)]
+    assert counts and all(int(c) == 10 for c in counts)  # the optimizer state went on, not restarted
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            phase_two["state"])
+    with checkpoints.Checkpointer(model_dir) as checkpointer:
+        position = checkpointer.restore(abstract, 10)[1]
+    assert position["phase"] == 2 and position["phase_start_step"] == 6 and position["batches_consumed"] == 4
+    for name in ("config.gin", "operative_config.gin", "config.phase2.gin", "operative_config.phase2.gin"):
+        assert (model_dir / name).is_file(), name
+    assert "train.phase = 2" in (model_dir / "operative_config.phase2.gin").read_text()
+    assert "train.phase = 2" not in (model_dir / "operative_config.gin").read_text()
+    code, _ = train_lib.run(bert_flags(model_dir, 12))  # back to phase 1: refused
+    assert code == 1 and "is in phase 2 (step 10)" in one_line_error(capsys)
+
+
+def test_a_later_phase_needs_a_trained_model_dir(corpus, tmp_path, capsys):
+    code, _ = train_lib.run(bert_flags(tmp_path, 4, "--gin.train.phase=2"))
+    assert code == 1 and "has no checkpoint: run phase 1 first" in one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_tiny_bert_overfits_32_real_proteins(corpus, tmp_path):
+    """gin/models/bert/tiny.gin memorises 32 proteins: the hidden residues ([MASK] or random)
+    of the evaluation masks, which differ from every training mask, come back (0.82 measured;
+    BERT needs ~3x the steps of ProtT5's denoiser, whose decoder sees the residues before)."""
+    result = run_ok(flags(BERT_GIN, tmp_path, 1000, "short_bert_mlm", "--gin.train.eval_interval=1000",
+                          "--gin.train.log_every=500",
+                          "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.02",
+                          "--gin.optimizers.warmup_decay_schedule.warmup_steps=50",
+                          "--gin.optimizers.warmup_decay_schedule.total_steps=1000"))
+    before, after = result["eval"][0], result["eval"][-1]
+    assert before["masked_accuracy"] < 0.1
+    assert after["masked_accuracy"] > 0.7, after
+
+
+# ------------------------------------------------------------------ continued pre-training
+
+
+def restored_params(model_dir, step):
+    stored = model_dir_lib.read_model(str(model_dir))
+    return model_dir_lib.restore_params(str(model_dir), stored, step=step)[0]
+
+
+def test_continued_pre_training_starts_from_released_bert_weights(corpus, tiny_bert_hf_dir, tmp_path):
+    hf_dir = tiny_bert_hf_dir("pretraining", 0)
+    run_ok(bert_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'",
+                      "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.0",
+                      "--gin.BertConfig.hidden_dropout_prob=0.0", "--gin.BertConfig.attention_dropout_prob=0.0"))
+    state_dict = load_hf_state_dict(hf_dir)
+    config = model_dir_lib.read_model(str(tmp_path), param_dtype="float32").config
+    expected = bert_convert.hf_to_flax(state_dict, config)
+    # A zero learning rate: after one step the parameters are still the released ones.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(restored_params(tmp_path, 1)), expected)
+
+
+def test_continued_pre_training_starts_from_released_t5_weights(corpus, tiny_t5_hf_dir, tmp_path):
+    from prottrans_jax.convert import t5 as t5_convert
+
+    hf_dir = tiny_t5_hf_dir(0)
+    run_ok(flags(T5_GIN, tmp_path, 1, "short_prott5_denoise", *SMALL_T5,
+                 "--gin.T5Config.tie_word_embeddings=True", "--gin.T5Config.scale_decoder_outputs=None",
+                 f"--gin.train.init_from_hf='{hf_dir}'",
+                 "--gin.optimizers.rsqrt_schedule.base_learning_rate=0.0"))
+    stored = model_dir_lib.read_model(str(tmp_path))
+    expected = t5_convert.hf_to_flax(load_hf_state_dict(hf_dir), stored.config)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(restored_params(tmp_path, 1)), expected)
+
+
+def test_released_weights_that_do_not_fit_are_one_line_errors(corpus, tiny_bert_hf_dir, tiny_t5_hf_dir,
+                                                             tmp_path, capsys):
+    hf_dir = tiny_bert_hf_dir("pretraining", 0)
+    code, _ = train_lib.run(bert_flags(tmp_path / "a", 1, f"--gin.train.init_from_hf='{tiny_t5_hf_dir(0)}'"))
+    assert code == 1 and "holds a prot_t5 model; the model being trained is prot_bert" in one_line_error(capsys)
+    code, _ = train_lib.run(bert_flags(tmp_path / "b", 1, f"--gin.train.init_from_hf='{hf_dir}'",
+                                       "--gin.BertConfig.intermediate_size=128"))
+    line = one_line_error(capsys)
+    assert code == 1 and "BertConfig.intermediate_size=64 but the model being trained has 128" in line
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    for name in Path(hf_dir).iterdir():
+        (swapped / name.name).write_bytes(name.read_bytes())
+    tokens = (swapped / "vocab.txt").read_text().splitlines()
+    tokens[5], tokens[6] = tokens[6], tokens[5]  # L and A swapped: same shapes, other ids
+    (swapped / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    code, _ = train_lib.run(bert_flags(tmp_path / "c", 1, f"--gin.train.init_from_hf='{swapped}'"))
+    line = one_line_error(capsys)
+    assert code == 1 and "tokenizer differs from the task's vocabulary at id 5 ('A' there, 'L' in the task)" in line
+    for name in "abc":
+        assert not (tmp_path / name / "model.json").exists()  # refused before anything was written
+
+
+def test_a_bert_masked_lm_checkpoint_without_pretraining_heads_continues_too(corpus, tmp_path):
+    """A BertForMaskedLM (no pooler, no NSP head) continues as such: pretraining_heads=False."""
+    hf_dir = tmp_path / "mlm"
+    random_hf_bert("mlm", 3).save_pretrained(hf_dir)
+    bert_convert.write_tokenizer(str(hf_dir))
+    result = run_ok(bert_flags(tmp_path / "m", 2, f"--gin.train.init_from_hf='{hf_dir}'",
+                               "--gin.BertConfig.pretraining_heads=False"))
+    assert "pooler" not in result["state"]["params"] and result["step"] == 2
