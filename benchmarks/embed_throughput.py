@@ -1,6 +1,7 @@
 """Embedding throughput against the Hugging Face route, same model, same proteins, same run.
 
     python benchmarks/embed_throughput.py                      # CPU: T5-small encoder shape, float32
+    python benchmarks/embed_throughput.py --family bert        # ProtBert-shaped: BertModel
     python benchmarks/embed_throughput.py --num_proteins 512   # more proteins, steadier figures
 
 Proteins: a fixed random sample of Swiss-Prot 2014_01 (runs/corpora/swissprot_2014_01.fasta.gz,
@@ -12,15 +13,18 @@ them), saved as a local Hugging Face directory that both routes read.
   CPU / bfloat16 on GPU, timed around the call (FASTA read and model load included). "cold" is
   the first call (XLA compilation included, what a user sees); "warm" is a second call on a
   new output (programs already compiled).
-- hf: ProtTrans' documented recipe (prott5_embedder.py): T5EncoderModel, sequences sorted by
-  length (longest first), batches of <= 100 proteins and < 4000 residues, longer than 1000
-  residues alone, float32 on CPU and float16 on GPU, embeddings copied to host and written to
-  HDF5. Timed from model load to the written file, as ours.
+- hf: ProtTrans' documented recipe (prott5_embedder.py): T5EncoderModel (BertModel for
+  --family bert, [CLS] and [SEP] removed), sequences sorted by length (longest first),
+  batches of <= 100 proteins and < 4000 residues, longer than 1000 residues alone, float32
+  on CPU and float16 on GPU, embeddings copied to host and written to HDF5. Timed from model
+  load to the written file, as ours.
 
-On CPU the model is the T5-small encoder shape (6 layers, d_model 512); on a GPU, the
-ProtT5-XL encoder shape (24 layers, d_model 1024, 32 heads x 128, d_ff 16384), and the
-fraction of the device's peak bf16 FLOP/s our run reaches (useful FLOPs: real tokens only).
-Prints one JSON object.
+On CPU the model is the T5-small encoder shape (6 layers, d_model 512) or a BERT of the same
+width and depth; on a GPU, the ProtT5-XL encoder shape (24 layers, d_model 1024, 32 heads x
+128, d_ff 16384) or ProtBert's (30 layers, 1024, 16 heads, 4096), and the fraction of the
+device's peak bf16 FLOP/s our run reaches (useful FLOPs: real tokens only). Warm runs and
+the HF route are repeated (`--repeats`, interleaved; min and median reported) and the load
+average is printed: on a busy machine the ratio says little. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -39,9 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SWISSPROT = REPO / "runs" / "corpora" / "swissprot_2014_01.fasta.gz"
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
-SHAPES = {  # Hugging Face T5Config fields of the encoder
-    "small": dict(d_model=512, num_heads=8, d_kv=64, d_ff=2048, num_layers=6),
-    "xl": dict(d_model=1024, num_heads=32, d_kv=128, d_ff=16384, num_layers=24),
+SHAPES = {  # Hugging Face config fields of the encoder, per family
+    "t5": {"small": dict(d_model=512, num_heads=8, d_kv=64, d_ff=2048, num_layers=6),
+           "xl": dict(d_model=1024, num_heads=32, d_kv=128, d_ff=16384, num_layers=24)},
+    "bert": {"small": dict(hidden_size=512, num_attention_heads=8, intermediate_size=2048, num_hidden_layers=6),
+             "xl": dict(hidden_size=1024, num_attention_heads=16, intermediate_size=4096, num_hidden_layers=30)},
 }
 
 
@@ -59,20 +66,26 @@ def sample_proteins(path: Path, n: int, seed: int = 0) -> list[tuple[str, str]]:
     return reservoir
 
 
-def save_random_model(shape: str, directory: str) -> None:
+def save_random_model(family: str, shape: str, directory: str) -> None:
     import torch
     import transformers
 
-    from prottrans_jax.convert.t5 import write_tokenizer
+    from prottrans_jax.convert import bert as bert_convert, t5 as t5_convert
 
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=128, feed_forward_proj="relu", dropout_rate=0.0,
-                                   num_decoder_layers=0, **SHAPES[shape])
-    transformers.T5EncoderModel(config).save_pretrained(directory)
-    write_tokenizer(directory)
+    if family == "t5":
+        config = transformers.T5Config(vocab_size=128, feed_forward_proj="relu", dropout_rate=0.0,
+                                       num_decoder_layers=0, **SHAPES["t5"][shape])
+        transformers.T5EncoderModel(config).save_pretrained(directory)
+        t5_convert.write_tokenizer(directory)
+    else:
+        config = transformers.BertConfig(vocab_size=30, max_position_embeddings=40000, hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0, **SHAPES["bert"][shape])
+        transformers.BertModel(config, add_pooling_layer=False).save_pretrained(directory)
+        bert_convert.write_tokenizer(directory)
 
 
-def hf_route(model_dir: str, proteins: list[tuple[str, str]], output: str, half: bool) -> float:
+def hf_route(family: str, model_dir: str, proteins: list[tuple[str, str]], output: str, half: bool) -> float:
     """prott5_embedder.py's loop; returns seconds from model load to the written file."""
     import h5py
     import torch
@@ -80,8 +93,14 @@ def hf_route(model_dir: str, proteins: list[tuple[str, str]], output: str, half:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    tokenizer = transformers.T5Tokenizer.from_pretrained(model_dir)
-    model = transformers.T5EncoderModel.from_pretrained(model_dir).to(device).eval()
+    if family == "t5":
+        tokenizer = transformers.T5Tokenizer.from_pretrained(model_dir)
+        model = transformers.T5EncoderModel.from_pretrained(model_dir).to(device).eval()
+        first = 0  # residues, then </s>
+    else:
+        tokenizer = transformers.BertTokenizer.from_pretrained(model_dir)
+        model = transformers.BertModel.from_pretrained(model_dir, add_pooling_layer=False).to(device).eval()
+        first = 1  # [CLS], residues, [SEP]
     if half:
         model = model.half()
     ordered = sorted(proteins, key=lambda p: len(p[1]), reverse=True)
@@ -97,22 +116,26 @@ def hf_route(model_dir: str, proteins: list[tuple[str, str]], output: str, half:
             with torch.no_grad():
                 hidden = model(encoding.input_ids.to(device), attention_mask=encoding.attention_mask.to(device))
             for row, protein_id_ in enumerate(ids):
-                results[protein_id_] = hidden.last_hidden_state[row, : lengths[row]].float().cpu().numpy()
+                results[protein_id_] = hidden.last_hidden_state[row, first:first + lengths[row]].float().cpu().numpy()
     with h5py.File(output, "w") as f:
         for protein_id, array in results.items():
             f.create_dataset(protein_id.replace("/", "_"), data=array)
     return time.perf_counter() - start
 
 
-def encoder_flops(shape: str, lengths: list[int]) -> float:
+def encoder_flops(family: str, shape: str, lengths: list[int]) -> float:
     """Useful forward FLOPs: matmuls (2 x params per token) and attention over real tokens."""
-    s = SHAPES[shape]
-    inner = s["num_heads"] * s["d_kv"]
-    per_token = 2 * (4 * s["d_model"] * inner + 2 * s["d_model"] * s["d_ff"])
+    s = SHAPES[family][shape]
+    if family == "t5":
+        d, inner, ff, layers, special = s["d_model"], s["num_heads"] * s["d_kv"], s["d_ff"], s["num_layers"], 1
+    else:
+        d, ff, layers, special = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], 2
+        inner = d
+    per_token = 2 * (4 * d * inner + 2 * d * ff)
     total = 0.0
     for n in lengths:
-        tokens = n + 1  # </s>
-        total += s["num_layers"] * (tokens * per_token + 4 * tokens * tokens * inner)
+        tokens = n + special  # </s>, or [CLS] and [SEP]
+        total += layers * (tokens * per_token + 4 * tokens * tokens * inner)
     return total
 
 
@@ -121,6 +144,8 @@ def main() -> None:
     parser.add_argument("--fasta", default=None, help="FASTA to sample (default: Swiss-Prot if built, else the sample)")
     parser.add_argument("--num_proteins", type=int, default=None, help="default: 128 on CPU, 4096 on GPU")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: small on CPU, xl on GPU")
+    parser.add_argument("--family", choices=sorted(SHAPES), default="t5")
+    parser.add_argument("--repeats", type=int, default=2, help="warm runs and HF runs, interleaved")
     parser.add_argument("--skip_hf", action="store_true", help="only our route")
     args = parser.parse_args()
 
@@ -138,47 +163,57 @@ def main() -> None:
     lengths = [len(s) for _, s in proteins]
     residues = sum(lengths)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
-        save_random_model(shape, model_dir)
+        save_random_model(args.family, shape, model_dir)
         sample = os.path.join(tmp, "sample.fasta")
         with open(sample, "w") as f:
             for protein_id, sequence in proteins:
                 f.write(f">{protein_id}\n{sequence}\n")
-        runs = []
-        for name in ("cold", "warm"):  # timed like the HF route: from model load to the written file
+
+        def ours(name):  # timed like the HF route: from model load to the written file
             start = time.perf_counter()
             summary = embed.embed_fasta_to_h5(sample, os.path.join(tmp, f"{name}.h5"), hf_model=model_dir)
-            runs.append((summary, time.perf_counter() - start))
-        (cold, cold_seconds), (_, warm_seconds) = runs
-        hf_seconds = None
-        if not args.skip_hf:
-            import torch
+            return summary, time.perf_counter() - start
 
-            hf_seconds = hf_route(model_dir, proteins, os.path.join(tmp, "hf.h5"), half=torch.cuda.is_available())
+        cold, cold_seconds = ours("cold")
+        warm_seconds, hf_seconds = [], []
+        for round_ in range(args.repeats):
+            warm_seconds.append(ours(f"warm{round_}")[1])
+            if not args.skip_hf:
+                import torch
+
+                hf_seconds.append(hf_route(args.family, model_dir, proteins, os.path.join(tmp, f"hf{round_}.h5"),
+                                           half=torch.cuda.is_available()))
 
     def rates(seconds):
         return {"seconds": round(seconds, 2), "proteins_per_second": round(n / seconds, 2),
                 "residues_per_second": round(residues / seconds, 1)}
 
+    def spread(times):
+        return {**rates(statistics.median(times)), "seconds_min": round(min(times), 2)}
+
     result = {
         "benchmark": "embed_throughput",
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}",
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "fasta": str(fasta.relative_to(REPO) if fasta.is_relative_to(REPO) else fasta),
         "proteins": n, "residues": residues, "length_median": int(np.median(lengths)), "length_max": max(lengths),
-        "model_shape": {"encoder": shape, **SHAPES[shape]},
+        "family": args.family, "model_shape": {"encoder": shape, **SHAPES[args.family][shape]},
         "ours": {"dtype": cold["dtype"], "static_shapes": cold["static_shapes"], "batches": cold["batches"],
                  "long_processed_alone": cold["long_processed_alone"],
-                 "cold": rates(cold_seconds), "warm": rates(warm_seconds)},
+                 "cold": rates(cold_seconds), "warm": spread(warm_seconds)},
     }
-    if hf_seconds is not None:
-        result["hf"] = {"dtype": "float32" if on_cpu else "float16", **rates(hf_seconds)}
-        result["speedup_vs_hf_cold"] = round(hf_seconds / cold_seconds, 2)
-        result["speedup_vs_hf_warm"] = round(hf_seconds / warm_seconds, 2)
+    warm = statistics.median(warm_seconds)
+    if hf_seconds:
+        hf = statistics.median(hf_seconds)
+        result["hf"] = {"dtype": "float32" if on_cpu else "float16", **spread(hf_seconds)}
+        result["speedup_vs_hf_cold"] = round(hf / cold_seconds, 2)
+        result["speedup_vs_hf_warm"] = round(hf / warm, 2)
     peak = None if on_cpu else peak_flops_per_device()
     if peak:
-        result["fraction_of_peak_flops_warm"] = round(encoder_flops(shape, lengths) / warm_seconds / peak, 3)
+        result["fraction_of_peak_flops_warm"] = round(encoder_flops(args.family, shape, lengths) / warm / peak, 3)
     print(json.dumps(result))
 
 

@@ -1,14 +1,22 @@
-"""Train-step throughput: our jitted T5 step vs Hugging Face T5ForConditionalGeneration.
+"""Train-step throughput: our jitted step vs the Hugging Face (PyTorch) model, same config, one run.
 
-    python benchmarks/train_throughput.py [--steps 10] [--size auto|cpu|base]
+    python benchmarks/train_throughput.py [--family t5|bert|all] [--steps 10] [--repeats 3] \
+        [--size auto|cpu|base]
 
-Same config (T5 1.0 ReLU, untied output layer, no dropout), same batch and lengths
-(unpacked rows, every token a target), AdamW (lr 1e-4, weight decay 0.01 on both sides: the
-optimizer both libraries ship), in one run. CPU: a small config in float32. GPU (when JAX
-and torch both see one): T5-base size, 512 + 512 tokens, bfloat16 compute (ours: float32
-params + bf16 compute; HF: torch.autocast bf16), plus MFU from the model-FLOPs formula of
-prottrans_jax.models.encoder_decoder. Prints one JSON object; tokens are encoder + decoder
-tokens per second.
+For each family, the same config on both sides (no dropout), the same batch (unpacked rows),
+AdamW (lr 1e-4, weight decay 0.01: the optimizer both libraries ship):
+- t5: our ProtT5 (`EncoderDecoderModel`, T5 1.0 ReLU, untied output layer) vs
+  `T5ForConditionalGeneration`; every decoder token a target; tokens = encoder + decoder.
+- bert: our ProtBert (`BertMLMModel`) vs `BertForMaskedLM`; 15% of the tokens scored (labels
+  -100 elsewhere), as `bert_mlm`; tokens = input tokens.
+CPU: a small config in float32. GPU (when JAX and torch both see one): base size (T5-base,
+BERT-base), 512 tokens, bfloat16 compute (ours: float32 params + bf16 compute; HF:
+torch.autocast bf16), plus MFU from each model's own FLOPs formula (`flops_per_batch`).
+
+The two sides run interleaved, `--repeats` rounds of `--steps` steps each (after compiling
+and a warm-up), and the JSON reports each side's min and median step time, the ratio of the
+medians, and the machine's load average before and after: a ratio measured on a busy machine
+says little (PyTorch's threads suffer more from contention than XLA's).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,19 +35,31 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from prottrans_jax import partitioning  # noqa: E402
+from prottrans_jax.models.bert import BertConfig, BertMLMModel  # noqa: E402
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E402
 from prottrans_jax.models.t5 import T5Config  # noqa: E402
 from prottrans_jax.trainer import Trainer, peak_flops_per_device  # noqa: E402
 
 SIZES = {
-    "cpu": dict(d_model=128, num_heads=4, head_dim=32, d_ff=512, num_encoder_layers=2,
-                num_decoder_layers=2, dtype="float32", batch=8, length=128),
-    "base": dict(d_model=768, num_heads=12, head_dim=64, d_ff=3072, num_encoder_layers=12,
-                 num_decoder_layers=12, dtype="bfloat16", batch=32, length=512),
+    "t5": {
+        "cpu": dict(d_model=128, num_heads=4, head_dim=32, d_ff=512, num_encoder_layers=2,
+                    num_decoder_layers=2, dtype="float32", batch=8, length=128),
+        "base": dict(d_model=768, num_heads=12, head_dim=64, d_ff=3072, num_encoder_layers=12,
+                     num_decoder_layers=12, dtype="bfloat16", batch=32, length=512),
+    },
+    "bert": {
+        "cpu": dict(hidden_size=128, num_heads=4, intermediate_size=512, num_layers=2,
+                    dtype="float32", batch=8, length=256),
+        "base": dict(hidden_size=768, num_heads=12, intermediate_size=3072, num_layers=12,
+                     dtype="bfloat16", batch=32, length=512),
+    },
 }
 
 
-def make_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+# ------------------------------------------------------------------------------ batches
+
+
+def t5_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     targets = rng.integers(3, 28, (batch, length)).astype(np.int32)
     masked = rng.random((batch, length)) < 0.15
@@ -49,102 +70,166 @@ def make_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
             "decoder_masked_weights": masked.astype(np.int32)}
 
 
-def time_ours(config: T5Config, batch: dict, steps: int) -> tuple[float, float, float]:
-    """(seconds per step, compile seconds, model FLOPs per step)."""
-    model = EncoderDecoderModel(config, z_loss=0.0)
-    partitioner = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
-    trainer = Trainer(model, optax.adamw(1e-4, weight_decay=0.01), partitioner)
-    state = trainer.init_state()
-    flops = model.flops_per_batch(batch)
-    with partitioner.context():
-        device_batch = partitioner.host_local_batch_to_global(batch)
-        metrics = trainer.new_metrics(device_batch)
-        state, metrics = trainer.train_step(state, device_batch, metrics)  # compile
-        state, metrics = trainer.train_step(state, device_batch, metrics)  # warm-up
-        jax.block_until_ready(metrics)
+def bert_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(5, 30, (batch, length)).astype(np.int32)
+    chosen = rng.random((batch, length)) < 0.15
+    inputs = np.where(chosen, 4, targets).astype(np.int32)  # [MASK]
+    return {"encoder_input_tokens": inputs, "encoder_target_tokens": targets,
+            "encoder_loss_weights": chosen.astype(np.int32), "encoder_masked_weights": chosen.astype(np.int32)}
+
+
+# ------------------------------------------------------------------------------ ours
+
+
+class Ours:
+    """Our compiled train step on one device; `time(steps)` -> seconds per step."""
+
+    def __init__(self, model, batch: dict):
+        self.partitioner = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
+        self.trainer = Trainer(model, optax.adamw(1e-4, weight_decay=0.01), self.partitioner)
+        self.state = self.trainer.init_state()
+        self.flops = model.flops_per_batch(batch)
+        with self.partitioner.context():
+            self.batch = self.partitioner.host_local_batch_to_global(batch)
+            self.metrics = self.trainer.new_metrics(self.batch)
+        self.time(2)  # compile + warm-up
+        self.compile_seconds = self.trainer.compile_seconds
+
+    def time(self, steps: int) -> float:
+        with self.partitioner.context():
+            jax.block_until_ready(self.state)
+            start = time.perf_counter()
+            for _ in range(steps):
+                self.state, self.metrics = self.trainer.train_step(self.state, self.batch, self.metrics)
+            jax.block_until_ready(self.metrics)
+        return (time.perf_counter() - start) / steps
+
+
+# ------------------------------------------------------------------------------ Hugging Face
+
+
+class HF:
+    """The same step in PyTorch: forward, backward, AdamW; `time(steps)` -> seconds per step."""
+
+    def __init__(self, family: str, config, batch: dict, device: str):
+        import torch
+        import transformers
+
+        self.torch, self.device = torch, device
+        if family == "t5":
+            hf_config = transformers.T5Config(
+                vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.head_dim,
+                d_ff=config.d_ff, num_layers=config.num_encoder_layers,
+                num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
+                feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=False,
+                decoder_start_token_id=0, pad_token_id=0)
+            self.model = transformers.T5ForConditionalGeneration(hf_config)
+            tensors = {k: torch.as_tensor(v, dtype=torch.long) for k, v in batch.items()}
+            self.inputs = dict(input_ids=tensors["encoder_input_tokens"],
+                               decoder_input_ids=tensors["decoder_input_tokens"],
+                               labels=tensors["decoder_target_tokens"])
+        else:
+            hf_config = transformers.BertConfig(
+                vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            self.model = transformers.BertForMaskedLM(hf_config)
+            tokens = torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long)
+            labels = torch.as_tensor(np.where(batch["encoder_loss_weights"] > 0, batch["encoder_target_tokens"], -100),
+                                     dtype=torch.long)
+            self.inputs = dict(input_ids=tokens, labels=labels)
+        self.model = self.model.to(device).train()
+        self.inputs = {k: v.to(device) for k, v in self.inputs.items()}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16,
+                                       enabled=config.dtype == "bfloat16")
+        self.time(2)  # warm-up
+
+    def step(self) -> None:
+        with self.autocast:
+            loss = self.model(**self.inputs).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def time(self, steps: int) -> float:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(steps):
-            state, metrics = trainer.train_step(state, device_batch, metrics)
-        jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps, trainer.compile_seconds, flops
+            self.step()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps
 
 
-def time_hf(config: T5Config, batch: dict, steps: int, device: str) -> float:
-    import torch
-    from transformers import T5Config as HFConfig, T5ForConditionalGeneration
+# ------------------------------------------------------------------------------ one family
 
-    hf_config = HFConfig(vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.head_dim,
-                         d_ff=config.d_ff, num_layers=config.num_encoder_layers,
-                         num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
-                         feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=False,
-                         decoder_start_token_id=0, pad_token_id=0)
-    model = T5ForConditionalGeneration(hf_config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    tensors = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16,
-                              enabled=config.dtype == "bfloat16")
 
-    def step():
-        with autocast:
-            out = model(input_ids=tensors["encoder_input_tokens"],
-                        decoder_input_ids=tensors["decoder_input_tokens"],
-                        labels=tensors["decoder_target_tokens"])
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(2):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+def measure(family: str, size: str, steps: int, repeats: int, device: str) -> dict:
+    spec = dict(SIZES[family][size])
+    batch_size, length = spec.pop("batch"), spec.pop("length")
+    if family == "t5":
+        config = T5Config(vocab_size=128, feed_forward="relu", dropout_rate=0.0,
+                          tie_word_embeddings=False, scale_decoder_outputs=False, **spec)
+        model, batch, tokens = EncoderDecoderModel(config, z_loss=0.0), t5_batch(batch_size, length), 2 * length
+    else:
+        config = BertConfig(vocab_size=30, max_position_embeddings=length, hidden_dropout_prob=0.0,
+                            attention_dropout_prob=0.0, pretraining_heads=False, **spec)
+        model, batch, tokens = BertMLMModel(config), bert_batch(batch_size, length), length
+    tokens *= batch_size
+    load_before = os.getloadavg()[0]
+    ours, hf = Ours(model, batch), HF(family, config, batch, device)
+    ours_times, hf_times = [], []
+    for _ in range(repeats):  # interleaved, so that a change in load hits both sides
+        ours_times.append(ours.time(steps))
+        hf_times.append(hf.time(steps))
+    ours_median, hf_median = statistics.median(ours_times), statistics.median(hf_times)
+    result = {
+        "config": {**spec, "batch": batch_size, "length": length},
+        "steps_per_round": steps, "rounds": repeats,
+        "ours_step_seconds": {"min": round(min(ours_times), 5), "median": round(ours_median, 5)},
+        "hf_step_seconds": {"min": round(min(hf_times), 5), "median": round(hf_median, 5)},
+        "ours_tokens_per_second": round(tokens / ours_median, 1),
+        "hf_tokens_per_second": round(tokens / hf_median, 1),
+        "ratio_ours_over_hf": round(hf_median / ours_median, 3),
+        "ours_compile_seconds": round(ours.compile_seconds, 2),
+        "model_flops_per_step": ours.flops,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    peak = peak_flops_per_device()
+    if peak:
+        result["ours_mfu"] = round(ours.flops / ours_median / peak, 4)
+        result["hf_mfu"] = round(ours.flops / hf_median / peak, 4)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--size", choices=["auto", *SIZES], default="auto")
+    parser.add_argument("--family", choices=["t5", "bert", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=10, help="steps per round")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per side")
+    parser.add_argument("--size", choices=["auto", "cpu", "base"], default="auto")
     args = parser.parse_args()
     import torch
 
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     size = args.size if args.size != "auto" else ("base" if on_gpu else "cpu")
-    spec = dict(SIZES[size])
-    batch_size, length = spec.pop("batch"), spec.pop("length")
-    config = T5Config(vocab_size=128, feed_forward="relu", dropout_rate=0.0,
-                      tie_word_embeddings=False, scale_decoder_outputs=False, **spec)
-    batch = make_batch(batch_size, length)
-    tokens = batch_size * 2 * length
     if not on_gpu:
         torch.set_num_threads(os.cpu_count() or 1)
-    ours, compile_seconds, flops = time_ours(config, batch, args.steps)
-    hf = time_hf(config, batch, args.steps, "cuda" if on_gpu else "cpu")
-    peak = peak_flops_per_device()
+    families = ["t5", "bert"] if args.family == "all" else [args.family]
     result = {
         "benchmark": "train_throughput",
         "device": jax.devices()[0].device_kind,
         "host": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "size": size,
-        "config": {**spec, "batch": batch_size, "inputs_length": length, "targets_length": length},
         "optimizer": "AdamW lr 1e-4 wd 0.01 (optax.adamw / torch.optim.AdamW)",
-        "steps_timed": args.steps,
-        "ours_tokens_per_second": tokens / ours,
-        "hf_tokens_per_second": tokens / hf,
-        "ratio_ours_over_hf": hf / ours,
-        "ours_step_seconds": ours,
-        "hf_step_seconds": hf,
-        "ours_compile_seconds": compile_seconds,
-        "model_flops_per_step": flops,
+        **{family: measure(family, size, args.steps, args.repeats, "cuda" if on_gpu else "cpu")
+           for family in families},
     }
-    if peak:
-        result["ours_mfu"] = flops / ours / peak
-        result["hf_mfu"] = flops / hf / peak
     print(json.dumps(result))
 
 

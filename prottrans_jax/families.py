@@ -61,9 +61,10 @@ class Family:
     config_cls: type
     hf_model_types: tuple[str, ...]  # config.json `model_type` values this family reads
     pretrain_model: Callable[[Any], Any]  # config -> PretrainModel (default loss settings)
-    encoder: Callable[[Any], Encoder]
+    encoder: type  # the Encoder class: Encoder(config); `part`, `param_keys` are class attributes
     converter_module: str  # e.g. "prottrans_jax.convert.bert", imported when needed
     default_vocabulary: Callable[[], ProteinVocabulary]
+    paper_model: str  # the released model evaluation sets a run beside (downstream/report.py)
 
     @property
     def converter(self):

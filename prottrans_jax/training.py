@@ -26,10 +26,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prottrans_jax import checkpoints, model_dir as model_dir_lib, optimizers, partitioning
+from prottrans_jax import checkpoints, families, model_dir as model_dir_lib, optimizers, partitioning
 from prottrans_jax.data import dataset, registry
 from prottrans_jax.data.feature_converters import check_task_fits
-from prottrans_jax import families
 from prottrans_jax.errors import ConfigError
 from prottrans_jax.models.base import Average, Sum, summarize
 from prottrans_jax.trainer import Trainer, peak_flops_per_device
@@ -353,7 +352,7 @@ def _train_loop(*, trainer: Trainer, checkpointer: checkpoints.Checkpointer, mod
                  f"of {host_batch} rows)")
             return
         logger.scalars("eval", step, result)
-        _log(f"eval  step {step}: " + _format(result, trainer.metric_kinds))
+        _log(f"eval  step {step}: " + _format(result, trainer.metric_kinds, model.headline_metrics))
         history.append({"step": step, **result})
 
     step, flops_per_step = run.phase_start + start, None
@@ -457,10 +456,11 @@ def _train_line(summary: Mapping[str, float], kinds: Mapping[str, type], steps_t
     return line
 
 
-def _format(values: Mapping[str, float], kinds: Mapping[str, type]) -> str:
-    """An eval summary in one line: the mean metrics, then the counted totals."""
-    means = [f"{name} {values[name]:.4f}" for name, kind in kinds.items()
-             if kind is Average and name in values and name != "grad_norm"]
+def _format(values: Mapping[str, float], kinds: Mapping[str, type], headline: tuple[str, ...]) -> str:
+    """An eval summary in one line: the headline metrics, the other means, the totals."""
+    order = [*headline, *sorted(set(kinds) - set(headline))]
+    means = [f"{name} {values[name]:.4f}" for name in order
+             if kinds.get(name) is Average and name in values and name != "grad_norm"]
     totals = [f"{values[name]:,.0f} {name}" for name, kind in kinds.items()
               if kind is Sum and name in values and name != "steps"]
     return "  ".join(means) + (f"  ({', '.join(totals)})" if totals else "")

@@ -115,6 +115,7 @@ def test_bert_mlm_rates_and_weights():
         np.testing.assert_array_equal(inputs[~is_chosen], original[~is_chosen])
         kept = codes[1:-1] == objectives.CHOSEN_KEPT  # scored, but left visible
         np.testing.assert_array_equal(inputs[kept], original[kept])
+        assert np.all(inputs[codes[1:-1] == objectives.CHOSEN] == BERT.mask_id)
         chosen += is_chosen.sum()
         kept_total += kept.sum()
         as_mask += (inputs[is_chosen] == BERT.mask_id).sum()

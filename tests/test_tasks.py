@@ -101,12 +101,11 @@ def test_span_corruption_marks_the_residues_of_the_target_spans(corpus):
 def test_bert_loss_weights_mark_chosen_positions(corpus):
     batch = batches("unit_bert_mlm", count=1)[0]
     weights = batch["encoder_loss_weights"].astype(bool)
-    hidden = batch["encoder_masked_weights"].astype(bool)
+    masked = batch["encoder_masked_weights"].astype(bool)
     changed = batch["encoder_input_tokens"] != batch["encoder_target_tokens"]
-    assert np.all(weights[changed]) and np.all(hidden[changed])  # corrupted: scored and hidden
-    assert np.all(weights[hidden])  # hidden positions are scored
-    kept = weights & ~hidden  # the unchanged 10%: scored, visible
-    assert np.array_equal(batch["encoder_input_tokens"][kept], batch["encoder_target_tokens"][kept])
+    assert np.all(weights[changed])  # every corrupted position carries loss
+    assert np.array_equal(masked, batch["encoder_input_tokens"] == 4)  # masked: became [MASK]
+    assert np.all(weights[masked]) and 0.6 < masked.sum() / weights.sum() < 0.97  # 80% (one batch)
     assert 0.1 < weights.sum() / (batch["encoder_segment_ids"] > 0).sum() < 0.2
 
 

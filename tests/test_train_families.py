@@ -139,7 +139,7 @@ def test_a_later_phase_needs_a_trained_model_dir(corpus, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_bert_overfits_32_real_proteins(corpus, tmp_path):
-    """gin/models/bert/tiny.gin memorises 32 proteins: the hidden residues ([MASK] or random)
+    """gin/models/bert/tiny.gin memorises 32 proteins: the residues behind [MASK] tokens
     of the evaluation masks, which differ from every training mask, come back (0.82 measured;
     BERT needs ~3x the steps of ProtT5's denoiser, whose decoder sees the residues before)."""
     result = run_ok(flags(BERT_GIN, tmp_path, 1000, "short_bert_mlm", "--gin.train.eval_interval=1000",

@@ -8,8 +8,8 @@ refused before training starts (`check_task_fits`).
   objective's hidden positions, "targets_masked" -> `decoder_masked_weights`.
 - `EncoderMLMFeatureConverter` (ProtBert, ProtAlbert, ProtElectra) carries the objective's
   own loss weights, because BERT also scores the 10% random and 10% unchanged positions that
-  seqio's `EncoderFeatureConverter` (loss where input == [MASK]) would miss, and the hidden
-  positions among them (`encoder_masked_weights`: [MASK] or random, not the unchanged 10%).
+  seqio's `EncoderFeatureConverter` (loss where input == [MASK]) would miss, and which of
+  them became [MASK] (`encoder_masked_weights`).
 
 Packing puts several proteins in one row; `*_segment_ids` (1, 2, ...; 0 = padding) keep
 attention within a protein and `*_positions` restart at 0 for each protein.
@@ -22,7 +22,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from prottrans_jax.data.objectives import CHOSEN, CHOSEN_KEPT
+from prottrans_jax.data.objectives import CHOSEN, NOT_CHOSEN
 
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 
@@ -69,9 +69,8 @@ class EncoderMLMFeatureConverter(seqio.FeatureConverter):
         def convert(features):
             converted = {"encoder_input_tokens": features["inputs"],
                          "encoder_target_tokens": features["targets"],
-                         "encoder_loss_weights": tf.cast(
-                             (features["mlm_weights"] == CHOSEN) | (features["mlm_weights"] == CHOSEN_KEPT),
-                             tf.int32),
+                         "encoder_loss_weights": tf.cast(features["mlm_weights"] > NOT_CHOSEN,
+                                                         tf.int32),
                          "encoder_masked_weights": tf.cast(
                              tf.equal(features["mlm_weights"], CHOSEN), tf.int32)}
             if self.pack:

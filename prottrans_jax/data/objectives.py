@@ -15,7 +15,7 @@ TFDS with old nightlies when installed. Each objective takes tokenised, cropped 
   task's targets length all read them there.
 - `bert_mlm`: BERT's objective: residues chosen with probability 0.15; of those 80% become
   [MASK], 10% a random token, 10% stay; loss only on chosen positions ("mlm_weights", which
-  also tells the hidden ones, [MASK] or random, from the 10% left visible).
+  also tells which of them became [MASK]).
 
 Every objective says explicitly which target positions it hid (`targets_masked` for the T5
 objectives, `mlm_weights` for BERT's, coded NOT_CHOSEN / CHOSEN), so masked-token metrics
@@ -144,9 +144,11 @@ def span_corruption_feature_lengths(inputs_length: int) -> tuple[int, int]:
 
 # Masked-position codes ("targets_masked", "mlm_weights"): seqio's packing finds a feature's
 # length by counting non-zero values, so the per-position flag must never be 0 inside a
-# sequence (0 is padding). NOT_CHOSEN doubles as the flag's EOS value. CHOSEN: scored and
-# hidden from the model; CHOSEN_KEPT (BERT's 10% left unchanged): scored but visible.
-NOT_CHOSEN, CHOSEN, CHOSEN_KEPT = 1, 2, 3
+# sequence (0 is padding). NOT_CHOSEN doubles as the flag's EOS value. CHOSEN: scored, and
+# its input replaced by a mask token (a sentinel, [MASK]); BERT's other chosen positions are
+# scored too but show a residue: CHOSEN_RANDOM (10%, a random token) and CHOSEN_KEPT (10%,
+# left unchanged), which the model cannot tell apart.
+NOT_CHOSEN, CHOSEN, CHOSEN_KEPT, CHOSEN_RANDOM = 1, 2, 3, 4
 
 
 def _codes(chosen: tf.Tensor) -> tf.Tensor:
@@ -227,8 +229,10 @@ def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
                              tf.where(action < mask_token_fraction + random_token_fraction,
                                       replacements, tokens))
         inputs = tf.where(chosen, corrupted, tokens)
-        kept = action >= mask_token_fraction + random_token_fraction
-        codes = tf.where(chosen, tf.where(kept, CHOSEN_KEPT, CHOSEN), NOT_CHOSEN)
+        how = tf.where(action < mask_token_fraction, CHOSEN,
+                       tf.where(action < mask_token_fraction + random_token_fraction, CHOSEN_RANDOM,
+                                CHOSEN_KEPT))
+        codes = tf.where(chosen, how, NOT_CHOSEN)
         cls, sep = [vocabulary.bos_id], [vocabulary.eos_id]
         return {**features,
                 "inputs": tf.concat([cls, inputs, sep], 0),

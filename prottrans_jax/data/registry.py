@@ -24,7 +24,7 @@ from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary, prot_t5
 
 # The masked-positions flag: a pass-through feature whose EOS is NOT_CHOSEN, so seqio's
 # append_eos_after_trim keeps it aligned with the targets.
-_MASKED_FLAG = seqio.Feature(seqio.PassThroughVocabulary(4, eos_id=objectives.NOT_CHOSEN),
+_MASKED_FLAG = seqio.Feature(seqio.PassThroughVocabulary(5, eos_id=objectives.NOT_CHOSEN),
                              add_eos=True)
 
 
@@ -101,7 +101,7 @@ def _bert_features() -> dict[str, seqio.Feature]:
     vocabulary = prot_bert_vocabulary()  # [CLS]/[SEP] are added by the objective
     return {"inputs": seqio.Feature(vocabulary, add_eos=False),
             "targets": seqio.Feature(vocabulary, add_eos=False),
-            "mlm_weights": seqio.Feature(seqio.PassThroughVocabulary(4), add_eos=False)}
+            "mlm_weights": seqio.Feature(seqio.PassThroughVocabulary(5), add_eos=False)}
 
 
 def _encoder_lengths(inputs_length: int, targets_length: int | None) -> dict[str, int]:

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from prottrans_jax.downstream import datasets, features as features_lib, metrics, training
-from prottrans_jax.downstream.report import Report
+from prottrans_jax.downstream.report import PAPER_MODEL, Report
 from prottrans_jax.errors import first_line
 
 
@@ -445,12 +445,12 @@ def main(argv=None):
         + " ".join(sys.argv[1:] if argv is None else argv),
     }
     _log("setup: " + "; ".join(f"{k}={v}" for k, v in setup.items()))
-    report = Report(setup)
+    features_source = FeatureSource(args.features, args.model_dir, args.hf_model, args.cache_dir)
+    report = Report(setup, features_source.model.family.paper_model if features_source.model else PAPER_MODEL)
     started = time.time()
     runner = (
         run_secondary_structure if args.benchmark == "secondary_structure" else run_localisation
     )
-    features_source = FeatureSource(args.features, args.model_dir, args.hf_model, args.cache_dir)
     runner(args, report, features_source, config)
     report.setup["wall_seconds"] = round(time.time() - started, 1)
     path = report.write(args.report)

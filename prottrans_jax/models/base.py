@@ -65,6 +65,23 @@ class PretrainModel(Protocol):
     def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class ComputeDtypes:
+    """`compute_dtype` / `parameter_dtype` of a model config with `dtype` and `param_dtype`
+    fields (every family's: parameters in float32, compute in bfloat16 by default)."""
+
+    def check_dtypes(self) -> None:
+        for name in ("dtype", "param_dtype"):
+            jnp.dtype(getattr(self, name))  # raises TypeError naming the bad dtype
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def parameter_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+
 def is_metric(x: Any) -> bool:
     return isinstance(x, (Average, Sum))
 

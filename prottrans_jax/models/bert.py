@@ -15,7 +15,7 @@ segment ids (0 = padding) keep attention inside each protein and positions resta
 
 `BertMLMModel` is the trainer's `PretrainModel`: the cross-entropy of the chosen positions
 (`bert_mlm`'s 15%: [MASK], random and unchanged alike); masked-token accuracy and loss are
-measured on the hidden ones ([MASK] or random). `BertEncoder` frames a protein as
+measured on the positions that became [MASK]. `BertEncoder` frames a protein as
 `[CLS] residues [SEP]` for embedding and returns the residues' last hidden states.
 """
 
@@ -35,7 +35,7 @@ from prottrans_jax import families
 from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
 from prottrans_jax.models.attention import (MultiHeadAttention, combine_masks, make_attention_mask,
                                             mask_to_bias, segment_or_token_validity)
-from prottrans_jax.models.base import Metrics, Sum, count_sequences, token_metrics
+from prottrans_jax.models.base import ComputeDtypes, Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Dense, Embed, LayerNorm, MlpBlock,
                                          activation, apply_layer_stack, remat_layer)
 from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary
@@ -43,7 +43,7 @@ from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(ComputeDtypes):
     """Hyper-parameters of a BERT model; bound from gin (`BertConfig.hidden_size = 1024`).
 
     Field names follow Hugging Face's BertConfig where one exists (num_layers:
@@ -85,20 +85,11 @@ class BertConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"BertConfig.hidden_size {self.hidden_size} must divide by "
                              f"num_heads {self.num_heads}")
-        for name in ("dtype", "param_dtype"):
-            jnp.dtype(getattr(self, name))  # raises TypeError naming the bad dtype
+        self.check_dtypes()
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def parameter_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
     @property
     def kernel_init(self):
@@ -275,7 +266,8 @@ class BertMLMModel:
                          train: bool) -> tuple[jax.Array, Metrics]:
         logits = self.logits(params, batch, rng, train)
         # accuracy: BERT's masked_lm_accuracy, on every chosen position; masked_accuracy: on
-        # the hidden ones ([MASK] or random), which the unchanged 10% would flatter.
+        # those that became [MASK], where the input says nothing of the residue (the random
+        # and unchanged 10% each show one, and the model cannot tell which is which).
         loss_sum, metrics = token_metrics(logits, batch["encoder_target_tokens"],
                                           batch["encoder_loss_weights"], batch["encoder_masked_weights"],
                                           self.label_smoothing, self.z_loss)
@@ -335,4 +327,5 @@ families.register(families.Family(
     encoder=BertEncoder,
     converter_module="prottrans_jax.convert.bert",
     default_vocabulary=prot_bert_vocabulary,
+    paper_model="ProtBert-BFD",
 ))

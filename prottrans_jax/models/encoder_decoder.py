@@ -176,4 +176,5 @@ families.register(families.Family(
     encoder=T5Encoder,
     converter_module="prottrans_jax.convert.t5",
     default_vocabulary=prot_t5_vocabulary,
+    paper_model="ProtT5-XL-U50",
 ))

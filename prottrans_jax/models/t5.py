@@ -31,6 +31,7 @@ from prottrans_jax.models.attention import (
     mask_to_bias,
     segment_or_token_validity,
 )
+from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.layers import (
     REMAT_POLICIES,
     Dense,
@@ -46,7 +47,7 @@ FEED_FORWARD_TYPES = ("relu", "gated-gelu")
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(ComputeDtypes):
     """Hyper-parameters of a T5 model; bound from gin (`T5Config.d_model = 1024`)."""
 
     # Fields that change how the model runs, not what its weights compute.
@@ -91,8 +92,7 @@ class T5Config:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
         if self.num_decoder_layers < 0:
             raise ValueError(f"T5Config.num_decoder_layers must be >= 0, got {self.num_decoder_layers}")
-        for name in ("dtype", "param_dtype"):
-            jnp.dtype(getattr(self, name))  # raises TypeError naming the bad dtype
+        self.check_dtypes()
 
     @property
     def scales_decoder_outputs(self) -> bool:
@@ -100,14 +100,6 @@ class T5Config:
         if self.scale_decoder_outputs is None:
             return self.tie_word_embeddings
         return self.scale_decoder_outputs
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def parameter_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
 
 # ------------------------------------------------------------------------------- layers

@@ -77,3 +77,19 @@ def test_model_features_come_from_the_model_and_are_cached_by_its_weights(tiny_t
     assert len(list(tmp_path.glob("*.npz"))) == 2
     again = features.model_features(first_model, ids, sequences, False, cache_dir=tmp_path)
     np.testing.assert_array_equal(again, cached)
+
+
+def test_the_evaluation_reads_a_bert_directory_like_any_other(tiny_bert_hf_dir):
+    """`evaluate --hf_model` with a ProtBert-shaped directory: per-protein means of the residues."""
+    from prottrans_jax.downstream.evaluate import FeatureSource
+    from prottrans_jax.inference import Protein, embed_sequences
+
+    source = FeatureSource("unused", hf_model=tiny_bert_hf_dir("pretraining", 0))
+    assert source.model.family.name == "prot_bert" and source.model.family.paper_model == "ProtBert-BFD"
+    dataset = type("Dataset", (), {"ids": ["a", "b"], "sequences": ["MKTAYIAK", "GSHMW"], "name": "toy",
+                                   "__len__": lambda self: 2})()
+    means = source(dataset, per_residue=False)
+    (done,) = list(embed_sequences(source.model, [Protein("a", "MKTAYIAK"), Protein("b", "GSHMW")]))
+    expected = {p.id: rows.mean(0) for p, rows in zip(done.batch.proteins, done.per_residue)}
+    assert means.shape == (2, 32)
+    np.testing.assert_allclose(means, np.stack([expected["a"], expected["b"]]), rtol=1e-5, atol=1e-6)
