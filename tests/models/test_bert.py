@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -144,3 +145,28 @@ def test_real_antiberty_weights_give_transformers_logits(antiberty_dir, tmp_path
     back = bert_convert.flax_to_hf(params, config)
     for key, value in back.items():  # HF -> ours -> HF, bit for bit
         np.testing.assert_array_equal(value, state_dict[key], err_msg=key)
+
+
+def test_bfloat16_compute_with_scan_and_remat_tracks_float32():
+    """The sizes' runtime settings (prot_bert.gin: scan + remat, bf16 compute) keep float32
+    parameters and the float32 loss and gradients within bfloat16's precision."""
+    import jax.numpy as jnp
+
+    config, params = ours(random_hf_bert("mlm", seed=6))
+    batch = {"encoder_input_tokens": padded_tokens([LENGTH, 11], seed=6)}
+    weights = (batch["encoder_input_tokens"] > 4).astype(np.int32)
+    batch.update(encoder_target_tokens=batch["encoder_input_tokens"], encoder_loss_weights=weights,
+                 encoder_masked_weights=weights)
+
+    def loss_and_grads(cfg, p):
+        model = BertMLMModel(cfg)
+        return jax.value_and_grad(lambda q: model.loss_and_metrics(q, batch, jax.random.key(0), False)[0])(p)
+
+    loss, grads = loss_and_grads(config, params)
+    fast = dataclasses.replace(config, dtype="bfloat16", scan_layers=True, remat_policy="full")
+    stacked = bert_convert.hf_to_flax(state_dict_of(random_hf_bert("mlm", seed=6)), fast)
+    assert stacked["encoder"]["layers"]["mlp"]["wi"]["kernel"].dtype == np.float32
+    fast_loss, fast_grads = loss_and_grads(fast, jax.tree.map(jnp.asarray, stacked))
+    np.testing.assert_allclose(float(fast_loss), float(loss), rtol=2e-2)
+    np.testing.assert_allclose(np.asarray(fast_grads["mlm"]["output_bias"]), np.asarray(grads["mlm"]["output_bias"]),
+                               rtol=5e-2, atol=5e-2 * np.abs(np.asarray(grads["mlm"]["output_bias"])).max())
