@@ -113,13 +113,6 @@ def get(name: str) -> Family:
     return families[name]
 
 
-def for_config(config: Any) -> Family:
-    for family in all_families().values():
-        if isinstance(config, family.config_cls):
-            return family
-    raise ValueError(f"no registered family has config class {type(config).__name__}")
-
-
 def for_hf_config(hf_config: Mapping[str, Any], where: str) -> Family:
     """The family whose converter reads a Hugging Face config.json (by its `model_type`)."""
     model_type = hf_config.get("model_type")

@@ -58,12 +58,6 @@ class ParamMap:
     entries: tuple[Entry, ...]
     stacks: tuple[LayerStack, ...] = ()
 
-    def hf_keys(self) -> Iterator[str]:
-        yield from (e.hf_key for e in self.entries)
-        for stack in self.stacks:
-            for i in range(stack.num_layers):
-                yield from (e.hf_key.format(i=i) for e in stack.entries)
-
 
 def hf_to_flax(state_dict: Mapping[str, Any], param_map: ParamMap, dtype: Any, *,
                ignored: Iterable[str] = (), what: str = "model") -> dict[str, Any]:

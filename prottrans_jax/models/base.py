@@ -82,10 +82,6 @@ class ComputeDtypes:
         return jnp.dtype(self.param_dtype)
 
 
-def is_metric(x: Any) -> bool:
-    return isinstance(x, (Average, Sum))
-
-
 def zeros_like_metrics(metrics: Metrics) -> dict[str, Metric]:
     """float32 zeros with the structure of `metrics` (concrete or from jax.eval_shape)."""
     return jax.tree.map(lambda _: jnp.zeros((), jnp.float32), dict(metrics))
