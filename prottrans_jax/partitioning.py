@@ -89,6 +89,20 @@ def _resolve_shape(shape: Sequence[int], num_devices: int, what: str) -> tuple[i
     return tuple(num_devices // known if d == -1 else d for d in shape)
 
 
+@gin.configurable
+def first_devices(count: int = gin.REQUIRED) -> list[jax.Device]:
+    """This host's first `count` devices, for a single-host run on part of a machine (one GPU
+    of eight, a one-device CPU test): `Partitioner.devices = @first_devices()` with
+    `first_devices.count = 1`. A multi-host job uses every device of every host."""
+    if jax.process_count() > 1:
+        raise ValueError("first_devices is for single-host runs: a multi-host job's mesh "
+                         "spans every device of every host")
+    available = jax.local_devices()
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= len(available):
+        raise ValueError(f"first_devices.count={count!r}: this host has {len(available)} devices")
+    return available[:count]
+
+
 def make_mesh(
     mesh_shape: Sequence[int] = (-1, 1),
     axis_names: Sequence[str] = ("data", "model"),
@@ -225,7 +239,7 @@ class Partitioner:
 
     gin binds `mesh_shape` and `rule_set` (see gin/partitioning/*.gin), a model's gin file its
     `extra_rules`; `logical_axis_rules`, when given, replaces both (tests, hand-made layouts).
-    `devices` defaults to all devices of all hosts.
+    `devices` defaults to all devices of all hosts (`@first_devices()` takes fewer).
     """
 
     mesh_shape: Sequence[int] = (-1, 1)

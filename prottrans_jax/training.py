@@ -49,18 +49,32 @@ def _write_text(path: str, text: str) -> None:
 # ------------------------------------------------------------------------------ input
 
 
+def train_dataset(task_name: str, feature_lengths: Mapping[str, int], batch_size: int,
+                  seed: int, shard_info: seqio.ShardInfo | None = None, pack: bool = True,
+                  converter_cls: type | None = None) -> tf.data.Dataset:
+    """The training stream as a tf.data pipeline: deterministic for a seed, endless.
+
+    Building it reads the task's file list (a missing corpus fails here) and traces every
+    preprocessor (seconds): a run builds it once.
+    """
+    return dataset.get_batches(task_name, "train", feature_lengths, batch_size, shuffle=True,
+                               seed=seed, pack=pack, num_epochs=None, shard_info=shard_info,
+                               converter_cls=converter_cls)
+
+
+def from_batch(stream: tf.data.Dataset, start: int):
+    """Numpy batches from batch `start` on. Resuming skips the batches already consumed;
+    tf.data still reads them (cheap next to training: the skipped batches are never
+    converted to numpy nor sent to devices)."""
+    return stream.skip(start).as_numpy_iterator()
+
+
 def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size: int,
                   seed: int, shard_info: seqio.ShardInfo | None = None,
                   start: int = 0, pack: bool = True, converter_cls: type | None = None):
-    """The training stream from batch `start` on: deterministic for a seed, endless.
-
-    Resuming skips the batches already consumed; tf.data still reads them (cheap next to
-    training: the skipped batches are never converted to numpy nor sent to devices).
-    """
-    batches = dataset.get_batches(task_name, "train", feature_lengths, batch_size,
-                                  shuffle=True, seed=seed, pack=pack, num_epochs=None,
-                                  shard_info=shard_info, converter_cls=converter_cls)
-    return batches.skip(start).as_numpy_iterator()
+    """The training stream from batch `start` on, as numpy batches."""
+    return from_batch(train_dataset(task_name, feature_lengths, batch_size, seed, shard_info,
+                                    pack, converter_cls), start)
 
 
 def eval_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
@@ -172,10 +186,10 @@ def train(*,
     host_batch = batch_size // num_shards
     shard_info = seqio.ShardInfo(shard_index, num_shards)
 
-    # Fail fast on a missing corpus, before anything is compiled.
-    dataset.get_batches(mixture_or_task_name, "train", task_feature_lengths, host_batch,
-                        seed=seed, pack=pack, num_epochs=1, shard_info=shard_info,
-                        converter_cls=model.feature_converter_cls)
+    # Built before anything is compiled: a missing corpus fails fast.
+    train_stream = train_dataset(mixture_or_task_name, task_feature_lengths, host_batch,
+                                 _data_seed(seed, phase), shard_info, pack,
+                                 model.feature_converter_cls)
     trainer = Trainer(model, optimizer.transform, partitioner, num_microbatches, seed)
     with partitioner.context():
         boxed = jax.eval_shape(model.init_params, jax.random.key(seed))
@@ -216,7 +230,8 @@ def train(*,
         _write_text(os.path.join(model_dir, "shardings.txt"), table)
         return _train_loop(
             trainer=trainer, checkpointer=checkpointer, model=model, partitioner=partitioner,
-            schedule=optimizer.schedule, run=run, state=state, start=start, fresh=fresh,
+            schedule=optimizer.schedule, run=run, state=state, train_stream=train_stream,
+            start=start, fresh=fresh,
             train_steps=train_steps, host_batch=host_batch, shard_info=shard_info, pack=pack,
             log_every=log_every, eval_interval=eval_interval, eval_steps=eval_steps,
             eval_split=eval_split, checkpoint_interval=checkpoint_interval,
@@ -225,19 +240,19 @@ def train(*,
         checkpointer.close()
 
 
+def _data_seed(seed: int, phase: int) -> int:
+    """Phase 1 shuffles with the seed; a later phase starts a stream of its own."""
+    return seed + 1000 * (phase - 1)
+
+
 class _Run:
-    """Where a run stands in its MODEL_DIR: phase, data seed, and the input position."""
+    """Where a run stands in its MODEL_DIR: phase, seed, and the input position."""
 
     def __init__(self, *, model_dir: str, phase: int, seed: int, task_name: str,
                  feature_lengths: dict, batch_size: int):
         self.model_dir, self.phase, self.seed = model_dir, phase, seed
         self.task_name, self.feature_lengths, self.batch_size = task_name, feature_lengths, batch_size
         self.phase_start = 0
-
-    @property
-    def data_seed(self) -> int:
-        """Phase 1 shuffles with the seed; a later phase starts a stream of its own."""
-        return self.seed + 1000 * (self.phase - 1)
 
     def position(self, step: int) -> dict:
         return {"batches_consumed": int(step) - self.phase_start, "seed": self.seed,
@@ -327,14 +342,14 @@ def released_params(directory: str, model, vocabulary) -> Any:
 
 
 def _train_loop(*, trainer: Trainer, checkpointer: checkpoints.Checkpointer, model, partitioner,
-                schedule, run: _Run, state, start: int, fresh: bool, train_steps: int,
+                schedule, run: _Run, state, train_stream: tf.data.Dataset, start: int,
+                fresh: bool, train_steps: int,
                 host_batch: int, shard_info, pack: bool, log_every: int,
                 eval_interval: int | None, eval_steps: int | None, eval_split: str,
                 checkpoint_interval: int, peak_flops) -> dict:
     """Step / log / evaluate / checkpoint until done or stopped."""
     converter_cls = model.feature_converter_cls
-    batches = train_batches(run.task_name, run.feature_lengths, host_batch, run.data_seed,
-                            shard_info, start, pack, converter_cls)
+    batches = from_batch(train_stream, start)
     if peak_flops == "auto":
         peak_flops = peak_flops_per_device()
     logger = _Logger(run.model_dir)

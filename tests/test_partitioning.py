@@ -124,6 +124,16 @@ def test_make_mesh_infers_and_validates_shapes():
         partitioning.make_mesh((-1, -1))
 
 
+def test_first_devices_from_gin_give_a_smaller_mesh():
+    gin.parse_config(["Partitioner.devices = @first_devices()", "first_devices.count = 2"])
+    partitioner = partitioning.Partitioner()
+    assert dict(partitioner.mesh.shape) == {"data": 2, "model": 1}
+    assert list(partitioner.mesh.devices.flat) == jax.local_devices()[:2]
+    for count in (0, 9, True):
+        with pytest.raises(ValueError, match=f"first_devices.count={count!r}: this host has 8 devices"):
+            partitioning.first_devices(count)
+
+
 def test_hybrid_mesh_on_one_process():
     # One process is one granule here; the multi-process order is tested with the
     # multi-host launcher. This checks the per-slice shape inference and plumbing.

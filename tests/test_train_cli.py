@@ -16,7 +16,7 @@ import tasks
 from prottrans_jax import checkpoints, training
 from prottrans_jax import train as train_lib
 from prottrans_jax.data.dataset import get_task, task_feature_lengths
-from tests.conftest import short_protein_corpus
+from tests.conftest import ONE_DEVICE, short_protein_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -85,7 +85,7 @@ def test_resumed_input_stream_continues_where_it_stopped(corpus):
 @pytest.mark.slow
 def test_tiny_model_overfits_32_real_proteins(corpus, tmp_path):
     result = run_ok(flags(tmp_path, 300, "--gin.train.eval_interval=300",
-                          "--gin.train.log_every=100", "--gin.T5Config.dropout_rate=0.0"))
+                          "--gin.train.log_every=100", "--gin.T5Config.dropout_rate=0.0", *ONE_DEVICE))
     before, after = result["eval"][0], result["eval"][-1]
     assert before["masked_accuracy"] < 0.2
     assert after["masked_accuracy"] > 0.9, after

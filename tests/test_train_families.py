@@ -13,7 +13,7 @@ from prottrans_jax import checkpoints, model_dir as model_dir_lib
 from prottrans_jax import train as train_lib
 from prottrans_jax.convert import bert as bert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
-from tests.conftest import random_hf_bert, short_protein_corpus
+from tests.conftest import ONE_DEVICE, random_hf_bert, short_protein_corpus
 
 BERT_GIN = "--gin_file=gin/experiments/prot_bert_tiny_sample.gin"
 T5_GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -146,7 +146,8 @@ def test_tiny_bert_overfits_32_real_proteins(corpus, tmp_path):
                           "--gin.train.log_every=250",
                           "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.02",
                           "--gin.optimizers.warmup_decay_schedule.warmup_steps=50",
-                          "--gin.optimizers.warmup_decay_schedule.total_steps=500", batch=16))
+                          "--gin.optimizers.warmup_decay_schedule.total_steps=500", *ONE_DEVICE,
+                          batch=16))
     before, after = result["eval"][0], result["eval"][-1]
     assert before["masked_accuracy"] < 0.1
     assert after["masked_accuracy"] > 0.6, after

@@ -119,7 +119,9 @@ def test_microbatches_give_the_full_batch_gradient():
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
     assert m4["target_tokens"] == m1["target_tokens"] == np.sum(batch["decoder_loss_weights"])
     assert m4["loss_count"] == m1["loss_count"] == m1["target_tokens"]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), micro, full)
+    # Compare the updates (= gradients, SGD at lr 1), not parameters of order 1.
+    jax.tree.map(lambda b, m, f: np.testing.assert_allclose(b - m, b - f, rtol=1e-5, atol=1e-6),
+                 before, micro, full)
 
 
 class Toy(nn.Module):
@@ -181,10 +183,11 @@ def test_masked_metrics_follow_the_explicit_masked_feature():
     batch = packed_batch(2)
     model = EncoderDecoderModel(dataclasses.replace(TINY, dropout_rate=0.0))
     params = model.init_params(jax.random.key(0))
-    _, metrics = model.loss_and_metrics(params, batch, jax.random.key(1), train=False)
+    evaluate = jax.jit(lambda p, b: model.loss_and_metrics(p, b, jax.random.key(1), train=False))
+    _, metrics = evaluate(params, batch)
     assert float(metrics["masked_accuracy"].count) == batch["decoder_masked_weights"].sum() > 0
     shifted = {**batch, "decoder_masked_weights": np.roll(batch["decoder_masked_weights"], 1, axis=1)}
-    _, other = model.loss_and_metrics(params, shifted, jax.random.key(1), train=False)
+    _, other = evaluate(params, shifted)
     assert float(other["masked_loss"].total) != float(metrics["masked_loss"].total)
     np.testing.assert_array_equal(model.masked_targets(batch)[1], batch["decoder_masked_weights"])
 

@@ -160,7 +160,8 @@ def test_bfloat16_compute_with_scan_and_remat_tracks_float32():
 
     def loss_and_grads(cfg, p):
         model = BertMLMModel(cfg)
-        return jax.value_and_grad(lambda q: model.loss_and_metrics(q, batch, jax.random.key(0), False)[0])(p)
+        return jax.jit(jax.value_and_grad(
+            lambda q: model.loss_and_metrics(q, batch, jax.random.key(0), False)[0]))(p)
 
     loss, grads = loss_and_grads(config, params)
     fast = dataclasses.replace(config, dtype="bfloat16", scan_layers=True, remat_policy="full")

@@ -228,7 +228,7 @@ def test_scanned_remat_keeps_loss_and_gradients(batch):
     remat = jax.value_and_grad(_loss_fn(dataclasses.replace(config, remat_policy="minimal"), batch))
     (loss, grads), (remat_loss, remat_grads) = jax.jit(lambda p: (plain(p), remat(p)))(params)
     np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads, grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads)
     assert float(jnp.abs(grads["encoder"]["relpos_bias"]["rel_embedding"]).sum()) > 0
 
 
