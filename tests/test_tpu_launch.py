@@ -152,6 +152,25 @@ def test_bad_arguments_and_configs_are_refused(tmp_path):
     assert result.returncode == 1 and "MODEL_DIR must be a gs:// URL" in result.stderr
 
 
+@pytest.mark.parametrize("script", ["train.sh", "tensorboard.sh"])
+def test_values_that_reach_the_workers_shell_cannot_run_commands(script, tmp_path):
+    """MODEL_DIR, RUN_ID and ports go into the command line every worker runs."""
+    config = LAUNCH / "configs" / "v4-32.env"
+    injected = tmp_path / "injected.env"
+    injected.write_text(config.read_text() + '\nMODEL_DIR="gs://bucket/m;touch ~/PWNED;"\n')
+    result = launch(script, injected, "--dry-run", check=False)
+    assert result.returncode == 1 and "MODEL_DIR 'gs://bucket/m;touch ~/PWNED;'" in result.stderr
+    assert "may hold only letters, digits and . _ / - after gs://" in result.stderr
+    assert "PWNED" not in result.stdout
+    if script == "train.sh":
+        env = {**os.environ, "RUN_ID": "x;touch ~/PWNED"}
+        result = launch(script, config, "--dry-run", env=env, check=False)
+        assert result.returncode == 1 and "RUN_ID 'x;touch ~/PWNED' may hold only" in result.stderr
+    else:
+        result = launch(script, config, "--dry-run", "--port=6006;id", check=False)
+        assert result.returncode == 1 and "a port must be a number, not '6006;id'" in result.stderr
+
+
 # ------------------------------------------------------------------ restart loop, fake gcloud
 
 FAKE_GCLOUD = r'''#!/usr/bin/env python3

@@ -53,6 +53,12 @@ load_config() {
   esac
   [[ "$BUCKET" == gs://* ]] || die "$file: BUCKET must be a gs:// URL"
   [[ "$MODEL_DIR" == gs://* ]] || die "$file: MODEL_DIR must be a gs:// URL (workers share it)"
+  # They end up in the command line every worker runs: plain path characters only.
+  local url
+  for url in BUCKET MODEL_DIR; do
+    [[ "${!url}" =~ ^gs://[A-Za-z0-9._/-]+$ ]] ||
+      die "$file: $url '${!url}' may hold only letters, digits and . _ / - after gs://"
+  done
   QUEUED_RESOURCE="${QUEUED_RESOURCE:-${TPU_NAME}-qr}"
   GIN_FILES="${GIN_FILES:-}"
   # The pinned dependencies (numpy 2.4, jax 0.10) need Python >= 3.11; TPU VM images run

@@ -16,7 +16,10 @@ for arg in "${ARGS[@]+"${ARGS[@]}"}"; do
   esac
 done
 
+for port in "$LOCAL_PORT" "$TENSORBOARD_PORT"; do
+  [[ "$port" =~ ^[0-9]+$ ]] || die "tensorboard.sh: a port must be a number, not '$port'"
+done
 echo "TensorBoard for $MODEL_DIR: http://localhost:$LOCAL_PORT (Ctrl-C to stop)" >&2
 tpu_vm ssh --worker=0 \
-  --command="$REMOTE_VENV/bin/tensorboard --logdir=$MODEL_DIR --host=127.0.0.1 --port=$TENSORBOARD_PORT" \
+  --command="$REMOTE_VENV/bin/tensorboard --logdir=$(printf '%q' "$MODEL_DIR") --host=127.0.0.1 --port=$TENSORBOARD_PORT" \
   -- -o ExitOnForwardFailure=yes -L "127.0.0.1:$LOCAL_PORT:127.0.0.1:$TENSORBOARD_PORT"

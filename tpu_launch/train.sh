@@ -43,6 +43,7 @@ done
 ((${#TRAIN_FLAGS[@]} > 1)) || die "train.sh: no gin file: set GIN_FILES in the config or pass --gin_file="
 
 RUN_ID="${RUN_ID:-$(date -u +%Y%m%d-%H%M%S)}"
+[[ "$RUN_ID" =~ ^[A-Za-z0-9._-]+$ ]] || die "train.sh: RUN_ID '$RUN_ID' may hold only letters, digits and . _ -"
 EXIT_PREEMPTED=75
 
 # What each worker runs, as one line.
@@ -58,7 +59,7 @@ train_script() {
     "ln -sf $log $REMOTE_LOGS/train.log"
     "$REMOTE_VENV/bin/python -m prottrans_jax.train$flags 2>&1 | tee $log"
     "status=\${PIPESTATUS[0]}"
-    "gcloud storage cp --quiet $log $MODEL_DIR/logs/\$(hostname)-$RUN_ID.log || true"
+    "gcloud storage cp --quiet $log $(printf '%q' "$MODEL_DIR")/logs/\$(hostname)-$RUN_ID.log || true"
     "if [ \$status -eq 0 ] && grep -q 'stop requested: checkpoint saved' $log; then status=$EXIT_PREEMPTED; fi"
     "exit \$status"
   )
