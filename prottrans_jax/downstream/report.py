@@ -22,7 +22,8 @@ _PROTOCOLS = {
     ("Q10", "DeepLoc"): "FNN on DeepLoc train, tested on DeepLoc test",
     ("Q2", "DeepLoc"): "FNN on DeepLoc train, tested on DeepLoc test",
 }
-_FIGURES = {  # Q3 CB513, Q8 CB513, Q10 DeepLoc, Q2 DeepLoc (and Q3 NEW364)
+_COLUMNS = (("Q3", "CB513"), ("Q8", "CB513"), ("Q10", "DeepLoc"), ("Q2", "DeepLoc"), ("Q3", "NEW364"))
+_FIGURES = {  # one value per column of _COLUMNS; None: not reported for that model
     "ProtT5-XL-U50": (86.0, 74.0, 81.0, 91.0, 84.8),
     "ProtT5-XL-BFD": (84.0, 71.0, 77.0, 91.0, None),
     "ProtBert-BFD": (83.0, 70.0, 74.0, 89.0, None),
@@ -35,9 +36,7 @@ _FIGURES = {  # Q3 CB513, Q8 CB513, Q10 DeepLoc, Q2 DeepLoc (and Q3 NEW364)
     "ProtTXL-BFD": (77.0, 60.0, 65.0, 86.0, None),
 }
 PAPER_BY_MODEL = {
-    model: {key: (value, _PROTOCOLS[key]) for key, value in zip(
-        [("Q3", "CB513"), ("Q8", "CB513"), ("Q10", "DeepLoc"), ("Q2", "DeepLoc"), ("Q3", "NEW364")], figures)
-        if value is not None}
+    model: {key: (value, _PROTOCOLS[key]) for key, value in zip(_COLUMNS, figures) if value is not None}
     for model, figures in _FIGURES.items()
 }
 PAPER_MODEL = "ProtT5-XL-U50"  # beside features that are no family's model (UniRep, one-hot)
