@@ -5,11 +5,12 @@
 
 Expects the sample corpus in runs/demo/corpus (`make demo` builds it first). Starts from
 scratch (the model directory is the demo's own and is replaced), trains with the gin file
-(ProtT5 by default; `gin/experiments/prot_bert_tiny_sample.gin` for ProtBert), and prints
+(ProtT5 by default; `gin/experiments/prot_<family>_tiny_sample.gin` for the others), and prints
 masked-token accuracy (with its 95% interval) and loss on the validation split before and
 after training, next to the frequency baseline: always predicting the training split's most
 frequent residue, or its frequencies. Works for any family: the hidden positions are the
-model's own `masked_targets`.
+model's own `masked_targets`, and a model's own baselines (`metric_baselines`: ELECTRA's
+discriminator against always "original") are printed after.
 """
 
 from __future__ import annotations
@@ -96,7 +97,20 @@ def report(result: dict, baseline: FrequencyBaseline, minutes: float) -> str:
         f"{last['accuracy']:.1%}; wall time {minutes:.1f} min",
         f"masked-token accuracy is {verdict} the frequency baseline at 95% confidence.",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _model_baselines(result["model"], first, last))
+
+
+def _model_baselines(model, first: dict, last: dict) -> list[str]:
+    """The lines of the model's own baselines (`metric_baselines`, e.g. ELECTRA's
+    discriminator against always saying "original"), measured on the same evaluation."""
+    lines = []
+    for metric, label, value in getattr(model, "metric_baselines", lambda _: [])(last):
+        low, high = wilson_interval(last[metric], last[f"{metric}_count"])
+        verdict = "above" if low > value else "not distinguishable from"
+        lines += [f"{metric:<22} step {first['step']}: {first[metric]:.1%}   step {last['step']}: "
+                  f"{last[metric]:.1%} (95% CI {low:.1%}-{high:.1%}); baseline {label} {value:.1%}",
+                  f"{metric} is {verdict} its baseline at 95% confidence."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,7 +157,8 @@ def read_proteins(fasta_path: str, policy: str = "error") -> tuple[list[Protein]
 def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None = None, hf_model: str | None = None,
                       per_residue: bool = True, per_protein: bool = False, dtype: str | None = None,
                       max_tokens: int | None = None, max_length: int | None = None, policy: str = "error",
-                      progress: bool = False, after_batch: Callable[[int], None] | None = None) -> dict:
+                      progress: bool = False, after_batch: Callable[[int], None] | None = None,
+                      part: str | None = None) -> dict:
     """Embeds every valid protein of a FASTA file into HDF5 (see the module docstring).
 
     Returns the summary: counts read / embedded / skipped (already in the output) / invalid by
@@ -173,9 +174,10 @@ def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None =
             raise ValueError(f"--{name} must be positive, got {value}")
     # Read first: a FASTA error should not wait for a model to load.
     proteins, stats = read_proteins(fasta_path, policy)
-    model = load_for_inference(model_dir, hf_model, dtype, sharding=replicated_sharding())
+    model = load_for_inference(model_dir, hf_model, dtype, sharding=replicated_sharding(), part=part)
     check = {"model_fingerprint": model.fingerprint, "dtype": model.dtype, "d_model": model.d_model}
-    attrs = {"model": model.name, "family": model.family.name, "format_version": FORMAT_VERSION,
+    attrs = {"model": model.name, "family": model.family.name, "part": model.encoder.part,
+             "format_version": FORMAT_VERSION,
              "producer": "prottrans_jax.embed"}
     outputs: list[H5Output] = []
     if per_residue:
@@ -233,6 +235,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_dir", help="trainer MODEL_DIR")
     source.add_argument("--hf_model", help="local Hugging Face directory (T5, BERT, ...)")
+    parser.add_argument("--part", default=None,
+                        help="which part embeds (default: the family's; ProtElectra: discriminator | generator)")
     parser.add_argument("--per_residue", action="store_true", help="(length, d_model) per protein (default)")
     parser.add_argument("--per_protein", action="store_true", help="mean over residues, (d_model,)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
@@ -256,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = embed_fasta_to_h5(args.fasta, args.output, model_dir=args.model_dir, hf_model=args.hf_model,
                                     per_residue=per_residue, per_protein=args.per_protein, dtype=args.dtype,
                                     max_tokens=args.max_tokens, max_length=args.max_length, policy=args.policy,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, part=args.part)
     except (ValueError, OSError, OutOfMemoryError) as err:  # FastaError is a ValueError
         if args.debug:
             raise

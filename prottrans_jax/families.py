@@ -15,7 +15,15 @@ A converter module (`prottrans_jax/convert/<family>.py`) provides:
     vocabulary_from_pieces(pieces) -> ProteinVocabulary
     write_tokenizer(directory, vocabulary)
     PARTS: the parts a checkpoint can hold; PARTS[0] is the whole pre-training model and
-           `Encoder.part` is what embedding needs
+           each of `Encoder.PARTS` is a part that embedding can read
+
+and, for a family whose released form is one Hugging Face directory per part (ELECTRA: the
+generator and the discriminator), also:
+
+    SPLIT_PARTS: the parts stored apart; the whole model (PARTS[0]) is a directory holding
+           one subdirectory per split part, named by it
+    hf_part(hf_config, state_dict) -> which split part one directory holds
+    merge_parts({part: (hf_config, state_dict)}, **overrides) -> (config, params)
 
 MODEL_DIR/model.json (written by the trainer) names the family, its config and vocabulary,
 so nothing downstream needs a flag, or gin, to know what a directory holds.
@@ -38,13 +46,17 @@ from prottrans_jax.vocab import ProteinVocabulary
 class Encoder(Protocol):
     """What embedding needs of a family: framing, the residues' hidden states, the table.
 
-    `part` names the parameter subset it reads (orbax restores only that); `hidden_states`
-    is jittable and returns (batch, length, d_model) in the compute dtype.
+    `Encoder(config, part)`: `part` is one of the class's `PARTS` (the first by default;
+    ELECTRA embeds with its discriminator or its generator), a part of the converter's too;
+    `param_keys` are the top-level parameter subtrees it reads (orbax restores only those);
+    `hidden_states` is jittable and returns (batch, length, width) in the compute dtype.
     """
 
+    PARTS: tuple[str, ...]
     config: Any
     part: str
     param_keys: tuple[str, ...]
+    width: int  # of the hidden states (not of the token embedding: ALBERT, ELECTRA differ)
 
     def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(ids before, ids after) the residues of one protein, e.g. ([CLS]) and ([SEP])."""
@@ -61,14 +73,31 @@ class Family:
     config_cls: type
     hf_model_types: tuple[str, ...]  # config.json `model_type` values this family reads
     pretrain_model: Callable[[Any], Any]  # config -> PretrainModel (default loss settings)
-    encoder: type  # the Encoder class: Encoder(config); `part`, `param_keys` are class attributes
+    encoder: type  # the Encoder class: Encoder(config, part); see `make_encoder`
     converter_module: str  # e.g. "prottrans_jax.convert.bert", imported when needed
     default_vocabulary: Callable[[], ProteinVocabulary]
-    paper_model: str  # the released model evaluation sets a run beside (downstream/report.py)
+    # The released model evaluation sets a run beside (downstream/report.py): one name, or
+    # one per encoder part.
+    paper_model: str | Mapping[str, str]
 
     @property
     def converter(self):
         return importlib.import_module(self.converter_module)
+
+    def encoder_part(self, part: str | None = None) -> str:
+        """`part` if the family embeds with it (default: its first), else a one-line error."""
+        parts = self.encoder.PARTS
+        if part is None:
+            return parts[0]
+        if part not in parts:
+            raise ValueError(f"--part {part!r}: a {self.name} model embeds with {' or '.join(parts)}")
+        return part
+
+    def make_encoder(self, config: Any, part: str | None = None) -> Encoder:
+        return self.encoder(config, self.encoder_part(part))
+
+    def paper_model_for(self, part: str) -> str:
+        return self.paper_model if isinstance(self.paper_model, str) else self.paper_model[part]
 
     def config_from_dict(self, values: Mapping[str, Any], **overrides: Any):
         """The config dataclass from model.json's dict; an unknown key is an error naming it."""

@@ -76,7 +76,7 @@ class InferenceModel:
 
     @property
     def d_model(self) -> int:
-        return int(self.encoder.token_embedding(self.params).shape[1])
+        return int(self.encoder.width)
 
 
 # ------------------------------------------------------------------------------ models
@@ -87,9 +87,10 @@ def default_dtype() -> str:
 
 
 def load_for_inference(model_dir: str | None = None, hf_model: str | None = None,
-                       dtype: str | None = None, sharding=None) -> InferenceModel:
+                       dtype: str | None = None, sharding=None, part: str | None = None) -> InferenceModel:
     """The encoder, its parameters (cast to `dtype`) and vocabulary, from a MODEL_DIR or an
-    HF directory of any registered family."""
+    HF directory of any registered family; `part`: which of the family's encoder parts
+    (ELECTRA: discriminator, the default, or generator)."""
     if (model_dir is None) == (hf_model is None):
         raise ValueError("give exactly one of model_dir / hf_model")
     dtype = dtype or default_dtype()
@@ -98,17 +99,17 @@ def load_for_inference(model_dir: str | None = None, hf_model: str | None = None
     overrides = dict(dtype=dtype, param_dtype=dtype, remat_policy="none")
     if model_dir is not None:
         stored = model_dir_lib.read_model(model_dir, **overrides)
-        encoder = stored.family.encoder(stored.config)
+        encoder = stored.family.make_encoder(stored.config, part)
         params, _ = model_dir_lib.restore_params(model_dir, stored, encoder.param_keys, sharding=sharding)
         family, vocabulary, source = stored.family, stored.vocabulary, model_dir
     else:
         from prottrans_jax.convert.hf_dir import load_hf_dir
 
         # Scanned layers: XLA compiles one layer body instead of one per layer, per bucket.
-        loaded = load_hf_dir(hf_model, inference=True,
+        loaded = load_hf_dir(hf_model, inference=True, part=part,
                              **{**overrides, "param_dtype": "float32", "scan_layers": True})
         config = dataclasses.replace(loaded.config, param_dtype=dtype)
-        encoder = loaded.family.encoder(config)
+        encoder = loaded.family.make_encoder(config, loaded.part)
         params = {key: loaded.params[key] for key in encoder.param_keys}
         params = jax.tree.map(lambda x: jax.device_put(jnp.asarray(x, dtype), sharding), params)
         family, vocabulary, source = loaded.family, loaded.vocabulary, hf_model

@@ -210,20 +210,76 @@ def write_model_dir(path, state_dict: dict, step: int = 7):
     return config
 
 
-def write_bert_model_dir(path, params, config, step=5):
-    """A ProtBert MODEL_DIR as the trainer writes it: model.json and an orbax checkpoint."""
+def write_family_model_dir(path, params, config, family_name="prot_bert", step=5):
+    """A MODEL_DIR of a family as the trainer writes it: model.json (with the family's default
+    vocabulary) and an orbax checkpoint."""
     import jax
     import jax.numpy as jnp
 
     from prottrans_jax import model_dir as model_dir_lib
     from prottrans_jax.checkpoints import Checkpointer
     from prottrans_jax.families import get as get_family
-    from prottrans_jax.vocab import prot_bert_vocabulary
 
-    family = get_family("prot_bert")
-    model_dir_lib.write_model_json(str(path), model_dir_lib.describe_model(family, config, prot_bert_vocabulary()))
+    family = get_family(family_name)
+    model_dir_lib.write_model_json(str(path), model_dir_lib.describe_model(family, config,
+                                                                           family.default_vocabulary()))
     params = jax.tree.map(jnp.asarray, params)
     with Checkpointer(str(path), save_interval_steps=1, async_save=False) as checkpointer:
         checkpointer.save_now(step, {"step": jnp.asarray(step), "params": params,
                                      "opt_state": {"mu": jax.tree.map(jnp.zeros_like, params)}},
                               {"batches_consumed": step})
+
+
+# ------------------------------------------------------------------ ProtElectra directories
+
+
+# A tiny ELECTRA pair in ProtElectra's layout: shared embeddings 32 wide, a discriminator as
+# wide (no projection) and a narrower generator (projected: `embeddings_project`).
+TINY_ELECTRA = dict(vocab_size=30, embedding_size=32, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0, hidden_act="gelu")
+TINY_ELECTRA_TOWERS = {
+    "discriminator": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "generator": dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32),
+}
+
+
+def random_hf_electra(seed: int = 0, **overrides):
+    """{"discriminator": ElectraForPreTraining, "generator": ElectraForMaskedLM}: random, in
+    eval mode, with non-trivial LayerNorms, the generator's embeddings the discriminator's."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    models = {}
+    for tower, cls in (("discriminator", transformers.ElectraForPreTraining),
+                       ("generator", transformers.ElectraForMaskedLM)):
+        config = transformers.ElectraConfig(**{**TINY_ELECTRA, **TINY_ELECTRA_TOWERS[tower], **overrides},
+                                            attn_implementation="eager")
+        models[tower] = cls(config).eval()
+        with torch.no_grad():
+            for name, parameter in models[tower].named_parameters():
+                if "LayerNorm" in name:
+                    parameter.uniform_(0.5, 1.5)
+    models["generator"].electra.embeddings.load_state_dict(models["discriminator"].electra.embeddings.state_dict())
+    return models
+
+
+@pytest.fixture(scope="session")
+def tiny_electra_hf_dir(tmp_path_factory):
+    """make(seed) -> a directory holding `discriminator/` and `generator/`, each a Hugging Face
+    directory of `random_hf_electra(seed)` with ProtBert's vocab.txt (as export_hf writes a
+    whole ProtElectra); built once per seed and session."""
+    made = {}
+
+    def make(seed: int = 0) -> str:
+        if seed not in made:
+            from prottrans_jax.convert import electra as electra_convert
+
+            path = tmp_path_factory.mktemp(f"tiny_electra_{seed}")
+            for tower, model in random_hf_electra(seed).items():
+                model.save_pretrained(path / tower)
+                electra_convert.write_tokenizer(str(path / tower))
+            made[seed] = str(path)
+        return made[seed]
+
+    return make

@@ -37,3 +37,17 @@ def test_demo_trains_and_reports_against_the_baseline(sample_corpus, tmp_path, c
     assert "not distinguishable from the frequency baseline" in out  # 4 steps learn nothing
     assert "masked_residue_baselines.py --inputs_length 32" in out
     assert (tmp_path / "model" / "4").is_dir()  # the final checkpoint
+
+
+def test_a_models_own_baseline_is_reported_with_its_interval():
+    """ELECTRA's discriminator beside always saying "original" (`metric_baselines`)."""
+    from prottrans_jax.models.electra import ElectraPretrainModel
+
+    first = {"step": 0, "discriminator_accuracy": 0.60}
+    last = {"step": 2000, "discriminator_accuracy": 0.95, "discriminator_accuracy_count": 4000.0,
+            "replaced_fraction": 0.10}
+    lines = demo._model_baselines(ElectraPretrainModel(), first, last)
+    assert "step 2000: 95.0% (95% CI 94.3%-95.6%); baseline always 'original' 90.0%" in lines[0]
+    assert lines[1] == "discriminator_accuracy is above its baseline at 95% confidence."
+    assert demo._model_baselines(object(), first, last) == []  # a model without one
+

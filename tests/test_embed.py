@@ -220,7 +220,7 @@ def test_a_bert_directory_embeds_only_the_residues(embed, tiny_bert_hf_dir, tmp_
     as [CLS] ... [SEP], only the residues written; a MODEL_DIR of the same weights agrees."""
     from prottrans_jax.convert import bert as bert_convert
     from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
-    from tests.conftest import random_hf_bert, write_bert_model_dir
+    from tests.conftest import random_hf_bert, write_family_model_dir
 
     hf_dir = tiny_bert_hf_dir("pretraining", 5)
     fasta = write_fasta(tmp_path / "p.fasta", SEQUENCES)
@@ -244,7 +244,7 @@ def test_a_bert_directory_embeds_only_the_residues(embed, tiny_bert_hf_dir, tmp_
                                    rtol=1e-5, atol=1e-5, err_msg=protein_id)
     state_dict = load_hf_state_dict(hf_dir)
     config = bert_convert.config_from_hf(load_hf_config(hf_dir), state_dict, dtype="float32")
-    write_bert_model_dir(tmp_path / "model", bert_convert.hf_to_flax(state_dict, config), config)
+    write_family_model_dir(tmp_path / "model", bert_convert.hf_to_flax(state_dict, config), config)
     from_dir = str(tmp_path / "from_model_dir.h5")
     embed.embed_fasta_to_h5(fasta, from_dir, model_dir=str(tmp_path / "model"), per_residue=False,
                             per_protein=True, max_tokens=MAX_TOKENS, max_length=MAX_LENGTH)
@@ -261,3 +261,44 @@ def test_a_directory_of_an_unknown_family_is_a_one_line_error(embed, setup, tmp_
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert f"{other / 'config.json'}: model_type 'esm' is not a family this project reads" in err
+
+
+def test_an_electra_model_embeds_with_the_discriminator_or_on_request_the_generator(
+        embed, tiny_electra_hf_dir, tmp_path, capsys):
+    """The paper reports both towers: the discriminator by default, the generator with --part,
+    from the two-directory layout, from one tower's directory, and from a MODEL_DIR."""
+    from prottrans_jax.convert.hf_dir import load_hf_dir
+    from tests.conftest import random_hf_electra, write_family_model_dir
+
+    whole = tiny_electra_hf_dir(2)
+    sequences = dict(list(SEQUENCES.items())[:4])
+    fasta = write_fasta(tmp_path / "p.fasta", sequences)
+    models = random_hf_electra(2)
+    tokenizer = transformers.ElectraTokenizer.from_pretrained(os.path.join(whole, "generator"))
+    loaded = load_hf_dir(whole, dtype="float32")
+    write_family_model_dir(tmp_path / "model", loaded.params, loaded.config, "prot_electra")
+    runs = {"discriminator": [dict(hf_model=whole), dict(hf_model=os.path.join(whole, "discriminator")),
+                              dict(model_dir=str(tmp_path / "model"))],
+            "generator": [dict(hf_model=whole, part="generator"), dict(hf_model=os.path.join(whole, "generator")),
+                          dict(model_dir=str(tmp_path / "model"), part="generator")]}
+    for tower, sources in runs.items():
+        for index, source in enumerate(sources):
+            out = str(tmp_path / f"{tower}{index}.h5")
+            summary = embed.embed_fasta_to_h5(fasta, out, per_residue=True, max_tokens=MAX_TOKENS,
+                                              max_length=MAX_LENGTH, **source)
+            assert summary["embedded"] == len(sequences)
+            with h5py.File(out, "r") as f:
+                assert f.attrs["part"] == tower and f.attrs["family"] == "prot_electra"
+            for protein_id, sequence in sequences.items():
+                ids = tokenizer(" ".join(sequence), return_tensors="pt").input_ids
+                with torch.no_grad():
+                    expected = models[tower].electra(input_ids=ids).last_hidden_state[0, 1:-1].numpy()
+                array, _ = read_h5(out)[protein_id.replace("/", "_")]
+                np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5, err_msg=f"{tower} {source}")
+    code = embed.main(["--fasta", fasta, "--output", str(tmp_path / "x.h5"), "--part", "discriminator",
+                       "--hf_model", os.path.join(whole, "generator")])
+    assert code == 1 and "holds the prot_electra generator, not the discriminator" in capsys.readouterr().err
+    code = embed.main(["--fasta", fasta, "--output", str(tmp_path / "y.h5"), "--part", "decoder",
+                       "--hf_model", whole])
+    assert code == 1 and "--part 'decoder': a prot_electra model embeds with discriminator or generator" in \
+        capsys.readouterr().err

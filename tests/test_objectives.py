@@ -132,9 +132,29 @@ def test_bert_mlm_rates_and_weights():
     assert abs(kept_total / chosen - 0.1) < 0.015
 
 
+def test_electra_mlm_masks_85_percent_and_never_replaces_at_random():
+    """ELECTRA's generator input: the generator supplies the replacements, the data none."""
+    rows, dataset = residue_dataset(BERT)
+    out = run(objectives.electra_mlm, dataset, BERT_FEATURES)
+    chosen = as_mask = total = 0
+    for original, ex in zip(rows, out):
+        codes = ex["mlm_weights"][1:-1]
+        is_chosen = codes != objectives.NOT_CHOSEN
+        inputs = ex["inputs"][1:-1]
+        np.testing.assert_array_equal(ex["targets"][1:-1], original)
+        assert not np.any(codes == objectives.CHOSEN_RANDOM)
+        np.testing.assert_array_equal(inputs[codes != objectives.CHOSEN], original[codes != objectives.CHOSEN])
+        chosen += is_chosen.sum()
+        as_mask += (inputs[is_chosen] == BERT.mask_id).sum()
+        total += len(original)
+    assert abs(chosen / total - 0.15) < 0.006
+    assert abs(as_mask / chosen - 0.85) < 0.02
+
+
 @pytest.mark.parametrize("fn,features", [(objectives.prott5_denoise, T5_FEATURES),
                                          (objectives.t5_span_corruption, T5_FEATURES),
-                                         (objectives.bert_mlm, BERT_FEATURES)])
+                                         (objectives.bert_mlm, BERT_FEATURES),
+                                         (objectives.electra_mlm, BERT_FEATURES)])
 def test_objectives_are_deterministic_under_a_seed(fn, features):
     vocab = features["targets"].vocabulary
     _, dataset = residue_dataset(vocab, count=20)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from prottrans_jax.data import registry
 from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
+from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
 from tasks.corpus import OBJECTIVES, register_corpus
 from tasks.show_batches import describe_batch
 from tests.conftest import run_build
@@ -48,8 +50,9 @@ def test_unknown_task_and_missing_corpus_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_packed_segments_and_positions(corpus, objective):
     name = f"unit_{objective}"
-    prefix = "encoder" if objective == "bert_mlm" else "decoder"
-    target_key = "encoder_target_tokens" if objective == "bert_mlm" else "decoder_target_tokens"
+    encoder_only = registry.get_objective(objective).feature_converter_cls is EncoderMLMFeatureConverter
+    prefix = "encoder" if encoder_only else "decoder"
+    target_key = f"{prefix}_target_tokens"
     packed_count = 0
     for batch in batches(name):
         for row in range(batch["encoder_input_tokens"].shape[0]):

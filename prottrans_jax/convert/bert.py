@@ -40,27 +40,27 @@ _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh":
 # ------------------------------------------------------------------------------ the table
 
 
-def _linear(flax_path: tuple[str, ...], hf_prefix: str) -> list[Entry]:
+def linear(flax_path: tuple[str, ...], hf_prefix: str) -> list[Entry]:
     return [Entry(flax_path + ("kernel",), f"{hf_prefix}.weight", TRANSPOSE),
             Entry(flax_path + ("bias",), f"{hf_prefix}.bias")]
 
 
-def _layer_norm(flax_path: tuple[str, ...], hf_prefix: str) -> list[Entry]:
+def layer_norm(flax_path: tuple[str, ...], hf_prefix: str) -> list[Entry]:
     return [Entry(flax_path + ("scale",), f"{hf_prefix}.weight"),
             Entry(flax_path + ("bias",), f"{hf_prefix}.bias")]
 
 
-def _layer_entries() -> tuple[Entry, ...]:
-    p = "bert.encoder.layer.{i}"
+def layer_entries(p: str = "bert.encoder.layer.{i}") -> tuple[Entry, ...]:
+    """One BERT layer's table (also ELECTRA's, under `electra.encoder.layer.{i}`)."""
     return (
-        *_linear(("attention", "query"), f"{p}.attention.self.query"),
-        *_linear(("attention", "key"), f"{p}.attention.self.key"),
-        *_linear(("attention", "value"), f"{p}.attention.self.value"),
-        *_linear(("attention", "out"), f"{p}.attention.output.dense"),
-        *_layer_norm(("attention_layer_norm",), f"{p}.attention.output.LayerNorm"),
-        *_linear(("mlp", "wi"), f"{p}.intermediate.dense"),
-        *_linear(("mlp", "wo"), f"{p}.output.dense"),
-        *_layer_norm(("mlp_layer_norm",), f"{p}.output.LayerNorm"),
+        *linear(("attention", "query"), f"{p}.attention.self.query"),
+        *linear(("attention", "key"), f"{p}.attention.self.key"),
+        *linear(("attention", "value"), f"{p}.attention.self.value"),
+        *linear(("attention", "out"), f"{p}.attention.output.dense"),
+        *layer_norm(("attention_layer_norm",), f"{p}.attention.output.LayerNorm"),
+        *linear(("mlp", "wi"), f"{p}.intermediate.dense"),
+        *linear(("mlp", "wo"), f"{p}.output.dense"),
+        *layer_norm(("mlp_layer_norm",), f"{p}.output.LayerNorm"),
     )
 
 
@@ -70,16 +70,16 @@ def param_map(config: BertConfig, part: str) -> ParamMap:
         Entry(("embeddings", "word", "embedding"), WORD_EMBEDDINGS),
         Entry(("embeddings", "position", "embedding"), "bert.embeddings.position_embeddings.weight"),
         Entry(("embeddings", "token_type", "embedding"), "bert.embeddings.token_type_embeddings.weight"),
-        *_layer_norm(("embeddings", "layer_norm"), "bert.embeddings.LayerNorm"),
+        *layer_norm(("embeddings", "layer_norm"), "bert.embeddings.LayerNorm"),
     ]
     if part == "full":
-        entries += [*_linear(("mlm", "transform"), "cls.predictions.transform.dense"),
-                    *_layer_norm(("mlm", "layer_norm"), "cls.predictions.transform.LayerNorm"),
+        entries += [*linear(("mlm", "transform"), "cls.predictions.transform.dense"),
+                    *layer_norm(("mlm", "layer_norm"), "cls.predictions.transform.LayerNorm"),
                     Entry(("mlm", "output_bias"), "cls.predictions.bias")]
         if config.pretraining_heads:
-            entries += [*_linear(("pooler",), "bert.pooler.dense"),
-                        *_linear(("nsp",), "cls.seq_relationship")]
-    stack = LayerStack(("encoder",), config.num_layers, _layer_entries(), config.scan_layers)
+            entries += [*linear(("pooler",), "bert.pooler.dense"),
+                        *linear(("nsp",), "cls.seq_relationship")]
+    stack = LayerStack(("encoder",), config.num_layers, layer_entries(), config.scan_layers)
     return ParamMap(tuple(entries), (stack,))
 
 
@@ -259,15 +259,17 @@ def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> P
                              unk_id=ids["unk"], mask_id=ids.get("mask"), bos_id=ids["cls"])
 
 
-def write_tokenizer(output_dir: str, vocabulary: ProteinVocabulary | None = None) -> None:
-    """vocab.txt + tokenizer_config.json + special_tokens_map.json (BertTokenizer, cased)."""
+def write_tokenizer(output_dir: str, vocabulary: ProteinVocabulary | None = None,
+                    tokenizer_class: str = "BertTokenizer") -> None:
+    """vocab.txt + tokenizer_config.json + special_tokens_map.json (BertTokenizer, cased;
+    ELECTRA's tokenizer class reads the same files)."""
     vocabulary = vocabulary or prot_bert_vocabulary()
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, VOCAB_TXT), "w", encoding="utf-8") as f:
         f.write("\n".join(vocabulary.pieces) + "\n")
     specials = {f"{role}_token": token for role, token in SPECIAL_TOKENS.items()
                 if token in vocabulary.pieces}
-    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": False, "do_basic_tokenize": True,
+    config = {"tokenizer_class": tokenizer_class, "do_lower_case": False, "do_basic_tokenize": True,
               "tokenize_chinese_chars": False, "strip_accents": False,
               "model_max_length": 1000000000, **specials}
     for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):

@@ -16,6 +16,7 @@ TFDS with old nightlies when installed. Each objective takes tokenised, cropped 
 - `bert_mlm`: BERT's objective: residues chosen with probability 0.15; of those 80% become
   [MASK], 10% a random token, 10% stay; loss only on chosen positions ("mlm_weights", which
   also tells which of them became [MASK]).
+- `electra_mlm`: ELECTRA's generator input: as `bert_mlm` with 85% [MASK], 15% unchanged.
 
 Every objective says explicitly which target positions it hid (`targets_masked` for the T5
 objectives, `mlm_weights` for BERT's, coded NOT_CHOSEN / CHOSEN), so masked-token metrics
@@ -240,3 +241,14 @@ def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
                 "mlm_weights": tf.concat([[NOT_CHOSEN], codes, [NOT_CHOSEN]], 0)}
 
     return corrupt(dataset)
+
+
+@gin.configurable
+def electra_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
+                mask_token_fraction: float = 0.85) -> tf.data.Dataset:
+    """ELECTRA's masking (google-research/electra `pretrain_helpers.mask`): residues chosen
+    with probability 0.15, 85% shown as [MASK] and 15% unchanged, none replaced at random (the
+    generator supplies the replacements); [CLS] ... [SEP] around the residues, as `bert_mlm`."""
+    return bert_mlm(dataset, output_features, mask_rate=mask_rate, mask_token_fraction=mask_token_fraction,
+                    random_token_fraction=0.0)
+

@@ -136,4 +136,12 @@ register_objective(Objective(
     feature_converter_cls=EncoderMLMFeatureConverter,
     feature_lengths=_encoder_lengths,
 ))
-
+register_objective(Objective(
+    name="electra_mlm",
+    vocabulary=prot_bert_vocabulary,  # ProtElectra's vocab.txt is ProtBert's
+    output_features=_bert_features,
+    preprocessors=lambda: [functools.partial(preprocessors.random_crop, reserved=2),
+                           objectives.electra_mlm],
+    feature_converter_cls=EncoderMLMFeatureConverter,
+    feature_lengths=_encoder_lengths,
+))

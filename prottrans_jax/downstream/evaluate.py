@@ -52,13 +52,13 @@ class FeatureSource:
     in memory and cached in `cache_dir` under the model's weight fingerprint.
     """
 
-    def __init__(self, spec, model_dir=None, hf_model=None, cache_dir=None):
+    def __init__(self, spec, model_dir=None, hf_model=None, cache_dir=None, part=None):
         self.spec, self.cache_dir = spec, cache_dir
         self.model = None
         if model_dir or hf_model:
             from prottrans_jax.inference import load_for_inference, replicated_sharding
 
-            self.model = load_for_inference(model_dir, hf_model, sharding=replicated_sharding())
+            self.model = load_for_inference(model_dir, hf_model, sharding=replicated_sharding(), part=part)
 
     def __call__(self, dataset, per_residue):
         started = time.time()
@@ -385,6 +385,9 @@ def parse_args(argv):
     )
     parser.add_argument("--model_dir", help="embed on the fly with this checkpoint directory")
     parser.add_argument("--hf_model", help="embed on the fly with this Hugging Face model")
+    parser.add_argument("--part", default=None,
+                        help="with a model: which part embeds (ProtElectra: discriminator, the default, "
+                             "or generator)")
     parser.add_argument("--data_dir", required=True, help="folder with netsurfp2/ and deeploc/")
     parser.add_argument("--report", help="output folder for report.json, report.md and plots")
     parser.add_argument(
@@ -414,6 +417,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if not args.export_fasta and not args.report:
         parser.error("--report is required")
+    if args.part and not (args.model_dir or args.hf_model):
+        parser.error("--part needs --model_dir or --hf_model")
     return args
 
 
@@ -424,6 +429,7 @@ def main(argv=None):
         return 0
     features = (
         f"embedded on the fly from {args.model_dir or args.hf_model}"
+        + (f" ({args.part})" if args.part else "")
         if args.model_dir or args.hf_model
         else args.features
     )
@@ -445,8 +451,9 @@ def main(argv=None):
         + " ".join(sys.argv[1:] if argv is None else argv),
     }
     _log("setup: " + "; ".join(f"{k}={v}" for k, v in setup.items()))
-    features_source = FeatureSource(args.features, args.model_dir, args.hf_model, args.cache_dir)
-    report = Report(setup, features_source.model.family.paper_model if features_source.model else PAPER_MODEL)
+    features_source = FeatureSource(args.features, args.model_dir, args.hf_model, args.cache_dir, args.part)
+    model = features_source.model
+    report = Report(setup, model.family.paper_model_for(model.encoder.part) if model else PAPER_MODEL)
     started = time.time()
     runner = (
         run_secondary_structure if args.benchmark == "secondary_structure" else run_localisation

@@ -16,6 +16,13 @@ object with these members (hashable, so jitted steps may close over it):
     masked_targets(batch)           (targets, weights) of the positions the objective hid,
                                     for baselines computed on the host
 
+and optionally
+
+    metric_baselines(metrics) -> [(metric, label, value)]
+                                    a baseline for one of its accuracies, from the summarised
+                                    evaluation metrics (ELECTRA: always "original"); the demo
+                                    prints each beside the metric's interval
+
 Metrics are pairs of sums, so microbatches, devices and evaluation batches add up exactly
 and the division happens once, on the host (`summarize`). "loss" is required: its `count`
 is the number of target tokens, the denominator of the loss and of the gradients.

@@ -198,15 +198,10 @@ class Bert(nn.Module):
                segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
         """The last hidden state (batch, length, hidden_size): ProtBert's embeddings."""
-        cfg = self.config
-        valid = segment_or_token_validity(tokens, segment_ids, cfg.pad_id)
-        mask = make_attention_mask(valid, valid)
-        if segment_ids is not None:
-            mask = combine_masks(mask, make_attention_mask(segment_ids, segment_ids, jnp.equal))
-        positions = jnp.arange(tokens.shape[1])[None, :] if positions is None else positions
-        token_types = jnp.zeros_like(tokens) if token_types is None else token_types
+        bias, positions, token_types = encoder_inputs(tokens, token_types, segment_ids, positions,
+                                                      self.config.pad_id)
         x = self.embeddings(tokens, token_types, positions, deterministic)
-        return self.encoder(x, mask_to_bias(mask), deterministic)
+        return self.encoder(x, bias, deterministic)
 
     def mlm_logits(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                    positions: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
@@ -222,6 +217,20 @@ class Bert(nn.Module):
         if self.config.pretraining_heads:  # the pooler (dense + tanh on [CLS]), then NSP
             nsp = self.nsp(jnp.tanh(self.pooler(hidden[:, 0]))).astype(jnp.float32)
         return self.mlm(hidden), nsp
+
+
+def encoder_inputs(tokens: jax.Array, token_types: jax.Array | None, segment_ids: jax.Array | None,
+                   positions: jax.Array | None, pad_id: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(attention bias, positions, token types) of a bidirectional encoder over `tokens`:
+    padding masked out, attention kept inside each packed segment, positions from 0 and
+    token type 0 unless given. Shared by the BERT-like families."""
+    valid = segment_or_token_validity(tokens, segment_ids, pad_id)
+    mask = make_attention_mask(valid, valid)
+    if segment_ids is not None:
+        mask = combine_masks(mask, make_attention_mask(segment_ids, segment_ids, jnp.equal))
+    positions = jnp.arange(tokens.shape[1])[None, :] if positions is None else positions
+    token_types = jnp.zeros_like(tokens) if token_types is None else token_types
+    return mask_to_bias(mask), positions, token_types
 
 
 def dummy_tokens(batch_size: int = 1, length: int = 8) -> jax.Array:
@@ -304,9 +313,14 @@ class BertEncoder:
     """ProtBert embeddings: the last hidden state over `[CLS] residues [SEP]`."""
 
     config: BertConfig
+    part: str = "encoder"
 
-    part = "encoder"
+    PARTS: ClassVar[tuple[str, ...]] = ("encoder",)
     param_keys = ("embeddings", "encoder")
+
+    @property
+    def width(self) -> int:
+        return self.config.hidden_size
 
     def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return (vocabulary.bos_id,), (vocabulary.eos_id,)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import gin
 import jax
@@ -153,9 +153,14 @@ class T5Encoder:
     """ProtT5 embeddings: the encoder's last hidden state over `residues </s>`."""
 
     config: T5Config
+    part: str = "encoder"
 
-    part = "encoder"
+    PARTS: ClassVar[tuple[str, ...]] = ("encoder",)
     param_keys = ("token_embedder", "encoder")
+
+    @property
+    def width(self) -> int:
+        return self.config.d_model
 
     def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return (), (vocabulary.eos_id,)

@@ -15,7 +15,7 @@ from prottrans_jax.convert import bert as bert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.models.bert import BertMLMModel
 from prottrans_jax.vocab import prot_bert_vocabulary
-from tests.conftest import random_hf_bert, write_bert_model_dir
+from tests.conftest import random_hf_bert, write_family_model_dir
 
 
 def state_dict_of(model) -> dict:
@@ -90,7 +90,7 @@ def test_a_vocabulary_that_is_not_a_protein_bert_one_is_refused(tmp_path):
 
 def test_export_loads_in_transformers_and_round_trips_exactly(tmp_path):
     state_dict, config, params = converted("pretraining", seed=4)
-    write_bert_model_dir(tmp_path / "model", params, config)
+    write_family_model_dir(tmp_path / "model", params, config)
     out = tmp_path / "hf"
     assert export_hf.main(["--model_dir", str(tmp_path / "model"), "--output", str(out)]) == 0
     assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= set(os.listdir(out))

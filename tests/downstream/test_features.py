@@ -93,3 +93,22 @@ def test_the_evaluation_reads_a_bert_directory_like_any_other(tiny_bert_hf_dir):
     expected = {p.id: rows.mean(0) for p, rows in zip(done.batch.proteins, done.per_residue)}
     assert means.shape == (2, 32)
     np.testing.assert_allclose(means, np.stack([expected["a"], expected["b"]]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_evaluation_reads_either_electra_tower_on_request(tiny_electra_hf_dir):
+    """`evaluate --hf_model DIR [--part generator]`: the discriminator by default, each tower
+    compared with its own paper row, and each cached under its own weights' fingerprint."""
+    from prottrans_jax.downstream.evaluate import FeatureSource
+
+    sources = {part: FeatureSource("unused", hf_model=tiny_electra_hf_dir(0), part=part)
+               for part in (None, "generator")}
+    default, generator = sources[None].model, sources["generator"].model
+    assert default.encoder.part == "discriminator" and generator.encoder.part == "generator"
+    assert default.family.paper_model_for(default.encoder.part) == "ProtElectra-Discriminator"
+    assert generator.family.paper_model_for(generator.encoder.part) == "ProtElectra-Generator"
+    assert default.d_model == 32 and generator.d_model == 16  # each tower's width
+    assert default.fingerprint != generator.fingerprint
+    dataset = type("Dataset", (), {"ids": ["a"], "sequences": ["MKTAYIAK"], "name": "toy",
+                                   "__len__": lambda self: 1})()
+    assert sources[None](dataset, per_residue=False).shape == (1, 32)
+    assert sources["generator"](dataset, per_residue=False).shape == (1, 16)
