@@ -48,8 +48,9 @@ def test_unknown_task_and_missing_corpus_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_packed_segments_and_positions(corpus, objective):
     name = f"unit_{objective}"
-    prefix = "encoder" if objective == "bert_mlm" else "decoder"
-    target_key = "encoder_target_tokens" if objective == "bert_mlm" else "decoder_target_tokens"
+    encoder_only = objective.endswith("_mlm")  # bert_mlm, albert_mlm: no decoder features
+    prefix = "encoder" if encoder_only else "decoder"
+    target_key = "encoder_target_tokens" if encoder_only else "decoder_target_tokens"
     packed_count = 0
     for batch in batches(name):
         for row in range(batch["encoder_input_tokens"].shape[0]):
