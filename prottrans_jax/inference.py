@@ -74,9 +74,13 @@ class InferenceModel:
     fingerprint: str  # changes when the weights change (checked on resume, keys caches)
     dtype: str
 
-    @property
+    @functools.cached_property
     def d_model(self) -> int:
-        return int(self.encoder.token_embedding(self.params).shape[1])
+        """The hidden states' width, traced abstractly (no compute): not the token table's,
+        which is narrower in factorised-embedding families (ProtAlbert: 128 vs 4096)."""
+        tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+        valid = jax.ShapeDtypeStruct((1, 1), jnp.bool_)
+        return int(jax.eval_shape(self.encoder.hidden_states, self.params, tokens, valid).shape[-1])
 
 
 # ------------------------------------------------------------------------------ models

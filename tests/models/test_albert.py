@@ -182,3 +182,16 @@ def test_bad_configs_are_one_line_errors():
         AlbertConfig(hidden_act="swish")
     with pytest.raises(ValueError, match="embedding_size must be positive"):
         AlbertConfig(embedding_size=0)
+
+
+def test_an_old_model_dir_binding_albert_config_is_read_as_albert_not_bert(tmp_path):
+    """A MODEL_DIR from before model.json is told by its gin bindings: `AlbertConfig.` holds
+    `BertConfig.` as a substring, which must not make it a ProtBert directory."""
+    from prottrans_jax import model_dir as model_dir_lib
+
+    (tmp_path / "operative_config.gin").write_text("import prottrans_jax.models.albert\n"
+                                                   "AlbertConfig.hidden_size = 64\nAlbertConfig.num_heads = 4\n"
+                                                   "AlbertConfig.embedding_size = 16\n")
+    stored = model_dir_lib.read_model(str(tmp_path))
+    assert stored.family.name == "prot_albert"
+    assert (stored.config.hidden_size, stored.config.embedding_size) == (64, 16)
