@@ -1,6 +1,6 @@
 """Train-step throughput: our jitted step vs the Hugging Face (PyTorch) model, same config, one run.
 
-    python benchmarks/train_throughput.py [--family t5|bert|all] [--steps 10] [--repeats 3] \
+    python benchmarks/train_throughput.py [--family t5|bert|albert|all] [--steps 10] [--repeats 3] \
         [--size auto|cpu|base]
 
 For each family, the same config on both sides (no dropout), the same batch (unpacked rows),
@@ -9,6 +9,8 @@ AdamW (lr 1e-4, weight decay 0.01: the optimizer both libraries ship):
   `T5ForConditionalGeneration`; every decoder token a target; tokens = encoder + decoder.
 - bert: our ProtBert (`BertMLMModel`) vs `BertForMaskedLM`; 15% of the tokens scored (labels
   -100 elsewhere), as `bert_mlm`; tokens = input tokens.
+- albert: our ProtAlbert (`AlbertMLMModel`: factorised embedding, one layer shared across
+  depth) vs `AlbertForMaskedLM`, the same config, batch and scoring as bert.
 CPU: a small config in float32. GPU (when JAX and torch both see one): base size (T5-base,
 BERT-base), 512 tokens, bfloat16 compute (ours: float32 params + bf16 compute; HF:
 torch.autocast bf16), plus MFU from each model's own FLOPs formula (`flops_per_batch`).
@@ -35,6 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from prottrans_jax import partitioning  # noqa: E402
+from prottrans_jax.models.albert import AlbertConfig, AlbertMLMModel  # noqa: E402
 from prottrans_jax.models.bert import BertConfig, BertMLMModel  # noqa: E402
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E402
 from prottrans_jax.models.t5 import T5Config  # noqa: E402
@@ -51,6 +54,12 @@ SIZES = {
         "cpu": dict(hidden_size=128, num_heads=4, intermediate_size=512, num_layers=2,
                     dtype="float32", batch=8, length=256),
         "base": dict(hidden_size=768, num_heads=12, intermediate_size=3072, num_layers=12,
+                     dtype="bfloat16", batch=32, length=512),
+    },
+    "albert": {  # BERT's sizes with ALBERT's factorised embedding (base: albert-base-v2)
+        "cpu": dict(embedding_size=64, hidden_size=128, num_heads=4, intermediate_size=512, num_layers=2,
+                    dtype="float32", batch=8, length=256),
+        "base": dict(embedding_size=128, hidden_size=768, num_heads=12, intermediate_size=3072, num_layers=12,
                      dtype="bfloat16", batch=32, length=512),
     },
 }
@@ -130,12 +139,16 @@ class HF:
                                decoder_input_ids=tensors["decoder_input_tokens"],
                                labels=tensors["decoder_target_tokens"])
         else:
-            hf_config = transformers.BertConfig(
-                vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-                intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            self.model = transformers.BertForMaskedLM(hf_config)
+            common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                          num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                          intermediate_size=config.intermediate_size,
+                          max_position_embeddings=config.max_position_embeddings,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            if family == "albert":
+                self.model = transformers.AlbertForMaskedLM(transformers.AlbertConfig(
+                    embedding_size=config.embedding_size, hidden_act="gelu", **common))
+            else:
+                self.model = transformers.BertForMaskedLM(transformers.BertConfig(**common))
             tokens = torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long)
             labels = torch.as_tensor(np.where(batch["encoder_loss_weights"] > 0, batch["encoder_target_tokens"], -100),
                                      dtype=torch.long)
@@ -176,9 +189,11 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
                           tie_word_embeddings=False, scale_decoder_outputs=False, **spec)
         model, batch, tokens = EncoderDecoderModel(config, z_loss=0.0), t5_batch(batch_size, length), 2 * length
     else:
-        config = BertConfig(vocab_size=30, max_position_embeddings=length, hidden_dropout_prob=0.0,
+        config_cls, model_cls, vocab_size = ((AlbertConfig, AlbertMLMModel, 34) if family == "albert"
+                                             else (BertConfig, BertMLMModel, 30))
+        config = config_cls(vocab_size=vocab_size, max_position_embeddings=length, hidden_dropout_prob=0.0,
                             attention_dropout_prob=0.0, pretraining_heads=False, **spec)
-        model, batch, tokens = BertMLMModel(config), bert_batch(batch_size, length), length
+        model, batch, tokens = model_cls(config), bert_batch(batch_size, length), length
     tokens *= batch_size
     load_before = os.getloadavg()[0]
     ours, hf = Ours(model, batch), HF(family, config, batch, device)
@@ -208,7 +223,7 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=["t5", "bert", "all"], default="all")
+    parser.add_argument("--family", choices=["t5", "bert", "albert", "all"], default="all")
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per side")
     parser.add_argument("--size", choices=["auto", "cpu", "base"], default="auto")
@@ -219,7 +234,7 @@ def main() -> None:
     size = args.size if args.size != "auto" else ("base" if on_gpu else "cpu")
     if not on_gpu:
         torch.set_num_threads(os.cpu_count() or 1)
-    families = ["t5", "bert"] if args.family == "all" else [args.family]
+    families = ["t5", "bert", "albert"] if args.family == "all" else [args.family]
     result = {
         "benchmark": "train_throughput",
         "device": jax.devices()[0].device_kind,
