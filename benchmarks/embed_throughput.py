@@ -2,6 +2,8 @@
 
     python benchmarks/embed_throughput.py                      # CPU: T5-small encoder shape, float32
     python benchmarks/embed_throughput.py --family bert        # ProtBert-shaped: BertModel
+    python benchmarks/embed_throughput.py --family albert      # ProtAlbert-shaped: AlbertModel
+    python benchmarks/embed_throughput.py --family electra     # ProtElectra's discriminator: ElectraModel
     python benchmarks/embed_throughput.py --num_proteins 512   # more proteins, steadier figures
 
 Proteins: a fixed random sample of Swiss-Prot 2014_01 (runs/corpora/swissprot_2014_01.fasta.gz,
@@ -14,7 +16,7 @@ them), saved as a local Hugging Face directory that both routes read.
   the first call (XLA compilation included, what a user sees); "warm" is a second call on a
   new output (programs already compiled).
 - hf: ProtTrans' documented recipe (prott5_embedder.py): T5EncoderModel (BertModel for
-  --family bert, [CLS] and [SEP] removed), sequences sorted by length (longest first),
+  --family bert, AlbertModel for --family albert, [CLS] and [SEP] removed), sequences sorted by length (longest first),
   batches of <= 100 proteins and < 4000 residues, longer than 1000 residues alone, float32
   on CPU and float16 on GPU, embeddings copied to host and written to HDF5. Timed from model
   load to the written file, as ours.
@@ -49,6 +51,14 @@ SHAPES = {  # Hugging Face config fields of the encoder, per family
            "xl": dict(d_model=1024, num_heads=32, d_kv=128, d_ff=16384, num_layers=24)},
     "bert": {"small": dict(hidden_size=512, num_attention_heads=8, intermediate_size=2048, num_hidden_layers=6),
              "xl": dict(hidden_size=1024, num_attention_heads=16, intermediate_size=4096, num_hidden_layers=30)},
+    "albert": {"small": dict(embedding_size=128, hidden_size=512, num_attention_heads=8, intermediate_size=2048,
+                             num_hidden_layers=6),  # one layer shared by the 6
+               "xl": dict(embedding_size=128, hidden_size=4096, num_attention_heads=64, intermediate_size=16384,
+                          num_hidden_layers=12)},  # ProtAlbert's
+    "electra": {"small": dict(embedding_size=512, hidden_size=512, num_attention_heads=8, intermediate_size=2048,
+                              num_hidden_layers=6),  # the discriminator, embedding as wide
+                "xl": dict(embedding_size=1024, hidden_size=1024, num_attention_heads=16, intermediate_size=4096,
+                           num_hidden_layers=30)},  # ProtElectra's discriminator
 }
 
 
@@ -70,7 +80,8 @@ def save_random_model(family: str, shape: str, directory: str) -> None:
     import torch
     import transformers
 
-    from prottrans_jax.convert import bert as bert_convert, t5 as t5_convert
+    from prottrans_jax.convert import albert as albert_convert, bert as bert_convert, electra as electra_convert
+    from prottrans_jax.convert import t5 as t5_convert
 
     torch.manual_seed(0)
     if family == "t5":
@@ -78,6 +89,17 @@ def save_random_model(family: str, shape: str, directory: str) -> None:
                                        num_decoder_layers=0, **SHAPES["t5"][shape])
         transformers.T5EncoderModel(config).save_pretrained(directory)
         t5_convert.write_tokenizer(directory)
+    elif family == "albert":
+        config = transformers.AlbertConfig(vocab_size=34, max_position_embeddings=40000, hidden_act="gelu",
+                                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                           **SHAPES["albert"][shape])
+        transformers.AlbertModel(config, add_pooling_layer=False).save_pretrained(directory)
+        albert_convert.write_tokenizer(directory)
+    elif family == "electra":  # a discriminator directory, as released (its head is not timed)
+        config = transformers.ElectraConfig(vocab_size=30, max_position_embeddings=40000, hidden_dropout_prob=0.0,
+                                            attention_probs_dropout_prob=0.0, **SHAPES["electra"][shape])
+        transformers.ElectraForPreTraining(config).save_pretrained(directory)
+        electra_convert.write_tokenizer(directory)
     else:
         config = transformers.BertConfig(vocab_size=30, max_position_embeddings=40000, hidden_dropout_prob=0.0,
                                          attention_probs_dropout_prob=0.0, **SHAPES["bert"][shape])
@@ -98,8 +120,12 @@ def hf_route(family: str, model_dir: str, proteins: list[tuple[str, str]], outpu
         model = transformers.T5EncoderModel.from_pretrained(model_dir).to(device).eval()
         first = 0  # residues, then </s>
     else:
-        tokenizer = transformers.BertTokenizer.from_pretrained(model_dir)
-        model = transformers.BertModel.from_pretrained(model_dir, add_pooling_layer=False).to(device).eval()
+        tokenizer_cls, model_cls, extra = {
+            "albert": (transformers.AlbertTokenizer, transformers.AlbertModel, dict(add_pooling_layer=False)),
+            "electra": (transformers.ElectraTokenizer, transformers.ElectraModel, {}),
+            "bert": (transformers.BertTokenizer, transformers.BertModel, dict(add_pooling_layer=False))}[family]
+        tokenizer = tokenizer_cls.from_pretrained(model_dir)
+        model = model_cls.from_pretrained(model_dir, **extra).to(device).eval()
         first = 1  # [CLS], residues, [SEP]
     if half:
         model = model.half()
@@ -132,10 +158,12 @@ def encoder_flops(family: str, shape: str, lengths: list[int]) -> float:
         d, ff, layers, special = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], 2
         inner = d
     per_token = 2 * (4 * d * inner + 2 * d * ff)
+    width = s.get("embedding_size", d)
+    projection = 2 * width * d if width != d else 0  # ALBERT's E -> hidden (ELECTRA's when narrower)
     total = 0.0
     for n in lengths:
         tokens = n + special  # </s>, or [CLS] and [SEP]
-        total += layers * (tokens * per_token + 4 * tokens * tokens * inner)
+        total += layers * (tokens * per_token + 4 * tokens * tokens * inner) + tokens * projection
     return total
 
 

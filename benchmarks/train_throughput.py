@@ -1,6 +1,6 @@
 """Train-step throughput: our jitted step vs the Hugging Face (PyTorch) model, same config, one run.
 
-    python benchmarks/train_throughput.py [--family t5|bert|all] [--steps 10] [--repeats 3] \
+    python benchmarks/train_throughput.py [--family t5|bert|albert|electra|all] [--steps 10] [--repeats 3] \
         [--size auto|cpu|base]
 
 For each family, the same config on both sides (no dropout), the same batch (unpacked rows),
@@ -9,6 +9,11 @@ AdamW (lr 1e-4, weight decay 0.01: the optimizer both libraries ship):
   `T5ForConditionalGeneration`; every decoder token a target; tokens = encoder + decoder.
 - bert: our ProtBert (`BertMLMModel`) vs `BertForMaskedLM`; 15% of the tokens scored (labels
   -100 elsewhere), as `bert_mlm`; tokens = input tokens.
+- albert: our ProtAlbert (`AlbertMLMModel`: factorised embedding, one layer shared across
+  depth) vs `AlbertForMaskedLM`, the same config, batch and scoring as bert.
+- electra: our ProtElectra (`ElectraPretrainModel`: generator MLM, samples, discriminator) vs
+  the same step written with `ElectraForMaskedLM` and `ElectraForPreTraining` sharing their
+  embeddings (transformers has no ELECTRA pre-training class): MLM + 50 x replaced-token BCE.
 CPU: a small config in float32. GPU (when JAX and torch both see one): base size (T5-base,
 BERT-base), 512 tokens, bfloat16 compute (ours: float32 params + bf16 compute; HF:
 torch.autocast bf16), plus MFU from each model's own FLOPs formula (`flops_per_batch`).
@@ -27,6 +32,7 @@ import os
 import platform
 import statistics
 import time
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,7 +41,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from prottrans_jax import partitioning  # noqa: E402
+from prottrans_jax.models.albert import AlbertConfig, AlbertMLMModel  # noqa: E402
 from prottrans_jax.models.bert import BertConfig, BertMLMModel  # noqa: E402
+from prottrans_jax.models.electra import ElectraConfig, ElectraPretrainModel  # noqa: E402
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E402
 from prottrans_jax.models.t5 import T5Config  # noqa: E402
 from prottrans_jax.trainer import Trainer, peak_flops_per_device  # noqa: E402
@@ -52,6 +60,20 @@ SIZES = {
                     dtype="float32", batch=8, length=256),
         "base": dict(hidden_size=768, num_heads=12, intermediate_size=3072, num_layers=12,
                      dtype="bfloat16", batch=32, length=512),
+    },
+    "albert": {  # BERT's sizes with ALBERT's factorised embedding (base: albert-base-v2)
+        "cpu": dict(embedding_size=64, hidden_size=128, num_heads=4, intermediate_size=512, num_layers=2,
+                    dtype="float32", batch=8, length=256),
+        "base": dict(embedding_size=128, hidden_size=768, num_heads=12, intermediate_size=3072, num_layers=12,
+                     dtype="bfloat16", batch=32, length=512),
+    },
+    "electra": {  # ELECTRA-small-like at CPU size; ELECTRA-base (generator 1/3 wide) on GPUs
+        "cpu": dict(embedding_size=128, hidden_size=128, num_heads=4, intermediate_size=512, num_layers=2,
+                    generator_hidden_size=64, generator_num_heads=2, generator_intermediate_size=256,
+                    generator_num_layers=2, dtype="float32", batch=8, length=256),
+        "base": dict(embedding_size=768, hidden_size=768, num_heads=12, intermediate_size=3072, num_layers=12,
+                     generator_hidden_size=256, generator_num_heads=4, generator_intermediate_size=1024,
+                     generator_num_layers=12, dtype="bfloat16", batch=32, length=512),
     },
 }
 
@@ -117,7 +139,13 @@ class HF:
         import transformers
 
         self.torch, self.device = torch, device
-        if family == "t5":
+        if family == "electra":
+            self.model = torch_electra(config)
+            targets = torch.as_tensor(batch["encoder_target_tokens"], dtype=torch.long)
+            self.inputs = dict(input_ids=torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long),
+                               labels=torch.as_tensor(np.where(batch["encoder_loss_weights"] > 0, targets, -100),
+                                                      dtype=torch.long), original=targets)
+        elif family == "t5":
             hf_config = transformers.T5Config(
                 vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.head_dim,
                 d_ff=config.d_ff, num_layers=config.num_encoder_layers,
@@ -130,12 +158,16 @@ class HF:
                                decoder_input_ids=tensors["decoder_input_tokens"],
                                labels=tensors["decoder_target_tokens"])
         else:
-            hf_config = transformers.BertConfig(
-                vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-                intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            self.model = transformers.BertForMaskedLM(hf_config)
+            common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                          num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                          intermediate_size=config.intermediate_size,
+                          max_position_embeddings=config.max_position_embeddings,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            if family == "albert":
+                self.model = transformers.AlbertForMaskedLM(transformers.AlbertConfig(
+                    embedding_size=config.embedding_size, hidden_act="gelu", **common))
+            else:
+                self.model = transformers.BertForMaskedLM(transformers.BertConfig(**common))
             tokens = torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long)
             labels = torch.as_tensor(np.where(batch["encoder_loss_weights"] > 0, batch["encoder_target_tokens"], -100),
                                      dtype=torch.long)
@@ -165,6 +197,44 @@ class HF:
         return (time.perf_counter() - start) / steps
 
 
+def torch_electra(config: ElectraConfig):
+    """ELECTRA's pre-training step in PyTorch, from transformers' two towers: the generator's
+    MLM loss, Gumbel-max samples at the chosen positions (no gradient), the discriminator's
+    replaced-token BCE over every token; the towers share one embeddings module."""
+    import torch
+    import transformers
+
+    def tower(prefix: str, cls):
+        return cls(transformers.ElectraConfig(
+            vocab_size=config.vocab_size, embedding_size=config.embedding_size,
+            hidden_size=getattr(config, f"{prefix}hidden_size"), num_hidden_layers=getattr(config, f"{prefix}num_layers"),
+            num_attention_heads=getattr(config, f"{prefix}num_heads"),
+            intermediate_size=getattr(config, f"{prefix}intermediate_size"),
+            max_position_embeddings=config.max_position_embeddings, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0))
+
+    class ElectraStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.generator = tower("generator_", transformers.ElectraForMaskedLM)
+            self.discriminator = tower("", transformers.ElectraForPreTraining)
+            self.generator.electra.embeddings = self.discriminator.electra.embeddings
+            self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
+
+        def forward(self, input_ids, labels, original):
+            generated = self.generator(input_ids=input_ids, labels=labels)
+            with torch.no_grad():
+                uniform = torch.rand_like(generated.logits, dtype=torch.float32).clamp_(1e-9, 1.0)
+                sampled = (generated.logits.float() - torch.log(-torch.log(uniform))).argmax(-1)
+            corrupted = torch.where(labels != -100, sampled, original)
+            logits = self.discriminator(input_ids=corrupted).logits
+            replaced = (corrupted != original).to(logits.dtype)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, replaced)
+            return types.SimpleNamespace(loss=generated.loss + 50.0 * bce)
+
+    return ElectraStep()
+
+
 # ------------------------------------------------------------------------------ one family
 
 
@@ -175,10 +245,16 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
         config = T5Config(vocab_size=128, feed_forward="relu", dropout_rate=0.0,
                           tie_word_embeddings=False, scale_decoder_outputs=False, **spec)
         model, batch, tokens = EncoderDecoderModel(config, z_loss=0.0), t5_batch(batch_size, length), 2 * length
+    elif family == "electra":
+        config = ElectraConfig(vocab_size=30, max_position_embeddings=length, hidden_dropout_prob=0.0,
+                               attention_dropout_prob=0.0, **spec)
+        model, batch, tokens = ElectraPretrainModel(config), bert_batch(batch_size, length), length
     else:
-        config = BertConfig(vocab_size=30, max_position_embeddings=length, hidden_dropout_prob=0.0,
+        config_cls, model_cls, vocab_size = ((AlbertConfig, AlbertMLMModel, 34) if family == "albert"
+                                             else (BertConfig, BertMLMModel, 30))
+        config = config_cls(vocab_size=vocab_size, max_position_embeddings=length, hidden_dropout_prob=0.0,
                             attention_dropout_prob=0.0, pretraining_heads=False, **spec)
-        model, batch, tokens = BertMLMModel(config), bert_batch(batch_size, length), length
+        model, batch, tokens = model_cls(config), bert_batch(batch_size, length), length
     tokens *= batch_size
     load_before = os.getloadavg()[0]
     ours, hf = Ours(model, batch), HF(family, config, batch, device)
@@ -208,7 +284,7 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=["t5", "bert", "all"], default="all")
+    parser.add_argument("--family", choices=[*SIZES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per side")
     parser.add_argument("--size", choices=["auto", "cpu", "base"], default="auto")
@@ -219,7 +295,7 @@ def main() -> None:
     size = args.size if args.size != "auto" else ("base" if on_gpu else "cpu")
     if not on_gpu:
         torch.set_num_threads(os.cpu_count() or 1)
-    families = ["t5", "bert"] if args.family == "all" else [args.family]
+    families = list(SIZES) if args.family == "all" else [args.family]
     result = {
         "benchmark": "train_throughput",
         "device": jax.devices()[0].device_kind,

@@ -79,6 +79,9 @@ class Family:
     # The released model evaluation sets a run beside (downstream/report.py): one name, or
     # one per encoder part.
     paper_model: str | Mapping[str, str]
+    # config.json dict -> whether it is this family's, for a config without `model_type`
+    # (ProtAlbert's release has none); None: the family needs `model_type`.
+    matches_untyped_hf_config: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def converter(self):
@@ -143,12 +146,17 @@ def get(name: str) -> Family:
 
 
 def for_hf_config(hf_config: Mapping[str, Any], where: str) -> Family:
-    """The family whose converter reads a Hugging Face config.json (by its `model_type`)."""
+    """The family whose converter reads a Hugging Face config.json: by its `model_type`, or
+    without one by the families' `matches_untyped_hf_config`, when exactly one matches."""
     model_type = hf_config.get("model_type")
     families = all_families().values()
     for family in families:
         if model_type in family.hf_model_types:
             return family
+    if model_type is None:
+        matches = [f for f in families if f.matches_untyped_hf_config and f.matches_untyped_hf_config(hf_config)]
+        if len(matches) == 1:
+            return matches[0]
     known = sorted(t for f in families for t in f.hf_model_types)
     raise ValueError(f"{where}: model_type {model_type!r} is not a family this project reads "
                      f"(known: {known})")

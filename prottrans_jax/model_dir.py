@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Iterable
 
 import gin
@@ -104,7 +105,7 @@ def _config_from_gin_text(text: str, where: str) -> tuple[families.Family, Any]:
     bindings = "\n".join(line for line in text.splitlines()
                          if not line.lstrip().startswith(("import ", "from ", "include ")))
     for family in families.all_families().values():
-        if f"{family.config_cls.__name__}." not in bindings:
+        if not re.search(rf"\b{family.config_cls.__name__}\.", bindings):  # AlbertConfig. is not BertConfig.
             continue
         gin.clear_config()
         try:

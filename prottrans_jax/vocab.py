@@ -18,6 +18,16 @@ Sources (public):
   encodes "A E T C Z A O" as [2, 6, 9, 15, 23, 28, 6, 29, 3].
   Importing released weights always reads the tokenizer files shipped with them
   (`prottrans_jax.convert.bert.tokenizer_pieces`) and never trusts this built-in table.
+- ProtAlbert (`Rostlab/prot_albert/spiece.model`, SentencePiece, 34 pieces): the id table is
+  NOT known here (the binary was not readable; families-spec.md section 3.2), so importing
+  always reads the pieces from the shipped spiece.model (`convert.albert.tokenizer_pieces`).
+  Verified: 34 pieces (config.json vocab_size, the embedding's 34 rows), `[CLS] ... [SEP]`
+  framing (the ProtTrans notebooks strip the first and last ids), HF AlbertTokenizer with
+  do_lower_case False on uppercase, space-separated residues, rare residues -> X. Not
+  verified, chosen for training from scratch (`prot_albert_vocabulary`): the ids, laid out by
+  the ALBERT README's spm recipe (`--pad_id=0 --unk_id=1 --control_symbols=[CLS],[SEP],[MASK]`:
+  <pad> <unk> [CLS] [SEP] [MASK] at 0..4), then one "▁"-prefixed piece per residue in
+  ProtBert's order, then four reserved control pieces that fill the table to 34.
 
 Input text is residues separated by single spaces ("M K T A"), as ProtTrans feeds its
 tokenizers. Lower case is accepted; the rare residues U, Z, O, B are encoded as X, as
@@ -57,6 +67,9 @@ PROT_T5_NUM_SENTINELS = 100
 # ProtBert / ProtElectra vocab.txt (see module docstring for the source).
 PROT_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PROT_BERT_RESIDUE_ORDER = "LAGVESIKRDTPNQFYMHCWXUBZO"
+# ProtAlbert spiece.model: its size is verified, its order is not (see module docstring).
+PROT_ALBERT_SPECIALS = ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")
+PROT_ALBERT_VOCAB_SIZE = 34
 
 
 class ProteinVocabulary(seqio.Vocabulary):
@@ -206,6 +219,16 @@ def prot_bert_vocabulary() -> ProteinVocabulary:
     pieces = list(PROT_BERT_SPECIALS) + list(PROT_BERT_RESIDUE_ORDER)
     assert len(pieces) == 30
     return ProteinVocabulary("prot_bert", pieces, PROT_BERT_RESIDUE_ORDER, 5,
+                             pad_id=0, eos_id=3, unk_id=1, mask_id=4, bos_id=2)
+
+
+def prot_albert_vocabulary() -> ProteinVocabulary:
+    """The project's 34-id ProtAlbert table (ids unverified: module docstring): <pad> <unk>
+    [CLS] [SEP] [MASK], "▁L" .. "▁O" at 5..29, <unused_0..3> at 30..33."""
+    pieces = list(PROT_ALBERT_SPECIALS) + ["\u2581" + aa for aa in PROT_BERT_RESIDUE_ORDER]
+    pieces += [f"<unused_{n}>" for n in range(PROT_ALBERT_VOCAB_SIZE - len(pieces))]
+    assert len(pieces) == PROT_ALBERT_VOCAB_SIZE
+    return ProteinVocabulary("prot_albert", pieces, PROT_BERT_RESIDUE_ORDER, len(PROT_ALBERT_SPECIALS),
                              pad_id=0, eos_id=3, unk_id=1, mask_id=4, bos_id=2)
 
 

@@ -230,6 +230,53 @@ def write_family_model_dir(path, params, config, family_name="prot_bert", step=5
                               {"batches_consumed": step})
 
 
+# ------------------------------------------------------------------ ProtAlbert directories
+
+
+# A tiny ALBERT in ProtAlbert's layout: 34-piece vocabulary, factorised embedding, one shared
+# layer group, GELU, post-LayerNorm, dropout off (families-spec.md section 3.5).
+TINY_ALBERT = dict(vocab_size=34, embedding_size=16, hidden_size=64, num_hidden_layers=3, num_hidden_groups=1,
+                   inner_group_num=1, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128,
+                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="gelu")
+
+
+def random_hf_albert(head: str = "pretraining", seed: int = 0, **overrides):
+    """A random Hugging Face ALBERT (`pretraining`: AlbertForPreTraining, `mlm`:
+    AlbertForMaskedLM, `model`: AlbertModel) with non-trivial LayerNorm parameters, eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.AlbertConfig(**{**TINY_ALBERT, **overrides}, attn_implementation="eager")
+    cls = {"pretraining": transformers.AlbertForPreTraining, "mlm": transformers.AlbertForMaskedLM,
+           "model": transformers.AlbertModel}[head]
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_albert_hf_dir(tmp_path_factory):
+    """make(head, seed) -> a local HF directory of `random_hf_albert(head, seed)` with the
+    project's ProtAlbert spiece.model, built once per (head, seed) and session."""
+    made = {}
+
+    def make(head: str = "pretraining", seed: int = 0) -> str:
+        if (head, seed) not in made:
+            from prottrans_jax.convert import albert as albert_convert
+
+            path = tmp_path_factory.mktemp(f"tiny_albert_{head}_{seed}")
+            random_hf_albert(head, seed).save_pretrained(path)
+            albert_convert.write_tokenizer(str(path))
+            made[head, seed] = str(path)
+        return made[head, seed]
+
+    return make
+
+
 # ------------------------------------------------------------------ ProtElectra directories
 
 

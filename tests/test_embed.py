@@ -263,6 +263,33 @@ def test_a_directory_of_an_unknown_family_is_a_one_line_error(embed, setup, tmp_
     assert f"{other / 'config.json'}: model_type 'esm' is not a family this project reads" in err
 
 
+def test_an_albert_directory_embeds_its_hidden_states_not_its_narrower_token_table(embed, tiny_albert_hf_dir,
+                                                                                   tmp_path):
+    """ProtAlbert-shaped (E 16 -> hidden 64, one shared layer): the residues' 64-wide last
+    hidden states, as transformers' AlbertModel computes them; the model reports width 64."""
+    from tests.conftest import random_hf_albert
+
+    hf_dir = tiny_albert_hf_dir("pretraining", 5)
+    assert inference.load_for_inference(hf_model=hf_dir, dtype="float32").d_model == 64
+    fasta = write_fasta(tmp_path / "p.fasta", SEQUENCES)
+    out = str(tmp_path / "albert.h5")
+    summary = embed.embed_fasta_to_h5(fasta, out, hf_model=hf_dir, per_residue=True, per_protein=False,
+                                      max_tokens=MAX_TOKENS, max_length=MAX_LENGTH)
+    assert summary["family"] == "prot_albert" and summary["embedded"] == len(SEQUENCES)
+    per_residue = read_h5(out)
+    model = random_hf_albert("pretraining", 5).albert
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    for protein_id, sequence in SEQUENCES.items():
+        text = " ".join(sequence.upper().translate(str.maketrans("UZOB", "XXXX")))
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        assert ids.shape[1] == len(sequence) + 2  # [CLS] residues [SEP]
+        with torch.no_grad():
+            expected = model(input_ids=ids).last_hidden_state[0, 1:-1].numpy()
+        array, _ = per_residue[protein_id.replace("/", "_")]
+        assert array.shape == (len(sequence), 64)
+        np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5, err_msg=protein_id)
+
+
 def test_an_electra_model_embeds_with_the_discriminator_or_on_request_the_generator(
         embed, tiny_electra_hf_dir, tmp_path, capsys):
     """The paper reports both towers: the discriminator by default, the generator with --part,

@@ -6,7 +6,7 @@ import seqio
 import tensorflow as tf
 
 from prottrans_jax.data import objectives
-from prottrans_jax.vocab import prot_bert_vocabulary, prot_t5_vocabulary
+from prottrans_jax.vocab import prot_albert_vocabulary, prot_bert_vocabulary, prot_t5_vocabulary
 
 T5 = prot_t5_vocabulary()
 BERT = prot_bert_vocabulary()
@@ -161,3 +161,25 @@ def test_objectives_are_deterministic_under_a_seed(fn, features):
     first, again, other = (run(fn, dataset, features, seed=s) for s in (7, 7, 8))
     assert all(np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(first, again))
     assert any(not np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(first, other))
+
+
+def test_bert_mlm_max_predictions_per_seq_caps_each_sequence_uniformly():
+    """ProtAlbert's data: at most 20 predictions per 512-residue sequence (~3.9%, not 15%),
+    kept uniformly among the positions the 15% draw chose; without the cap nothing changes."""
+    albert = prot_albert_vocabulary()
+    features = {"inputs": seqio.Feature(albert), "targets": seqio.Feature(albert)}
+    rows, dataset = residue_dataset(albert, count=200, min_length=512, max_length=513)
+    capped = run(objectives.bert_mlm, dataset, features, max_predictions_per_seq=20)
+    uncapped = run(objectives.bert_mlm, dataset, features)
+    counts, where = [], np.zeros(512)
+    for ex, free in zip(capped, uncapped):
+        is_chosen = ex["mlm_weights"][1:-1] != objectives.NOT_CHOSEN
+        counts.append(is_chosen.sum())
+        where += is_chosen
+        # the capped positions are among the uncapped draw's (same seed, same 15% draw)
+        assert np.all(free["mlm_weights"][1:-1][is_chosen] != objectives.NOT_CHOSEN)
+    assert max(counts) <= 20 and np.mean(counts) > 19.5
+    halves = where[:256].sum(), where[256:].sum()  # uniform: no end of the sequence favoured
+    assert abs(halves[0] - halves[1]) < 0.1 * sum(halves)
+    with pytest.raises(ValueError, match="max_predictions_per_seq=0"):
+        objectives.bert_mlm(dataset, features, max_predictions_per_seq=0)

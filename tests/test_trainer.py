@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from prottrans_jax import partitioning
+from prottrans_jax.models.albert import AlbertConfig, AlbertMLMModel
 from prottrans_jax.models.base import Average, Sum, summarize
 from prottrans_jax.models.bert import BertConfig, BertMLMModel
 from prottrans_jax.models.electra import ElectraConfig, ElectraPretrainModel
@@ -50,6 +51,12 @@ def packed_batch(seed=0, rows=8, length=24):
 TINY_BERT = BertConfig(vocab_size=30, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
                        max_position_embeddings=32, hidden_dropout_prob=0.1, attention_dropout_prob=0.1,
                        dtype="float32")
+
+
+# Tiny ALBERT (factorised embedding, one shared layer scanned twice, dropout per use).
+TINY_ALBERT = AlbertConfig(vocab_size=34, embedding_size=16, hidden_size=32, num_layers=2, num_heads=4,
+                           intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.1,
+                           attention_dropout_prob=0.1, scan_layers=True, dtype="float32")
 
 
 def bert_packed_batch(seed=0, rows=8, length=24):
@@ -93,14 +100,16 @@ def one_step(partitioner, model, batch, num_microbatches=1, params=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["prot_t5", "prot_bert", "prot_electra"])
+@pytest.mark.parametrize("family", ["prot_t5", "prot_bert", "prot_albert", "prot_electra"])
 def test_train_step_on_meshes_and_rule_sets_equals_one_device(family):
     """Every rule set on a (4, 2) mesh, and on (8, 1), where the tensor-parallel sets equal
     their data-parallel twins (a `model` axis of 1), the data-parallel and FSDP sets. The
-    later families share BERT's layers and run the (4, 2) layouts only (each compile costs
-    seconds); ELECTRA's step samples the generator with the step's rng, on every mesh alike."""
+    later families share BERT's layers and run the (4, 2) layouts only ((8, 1) tests the data
+    axis alone, and each compile costs seconds); ELECTRA's step samples the generator with the
+    step's rng, on every mesh alike."""
     model, batch = {"prot_t5": lambda: (EncoderDecoderModel(TINY), packed_batch()),
                     "prot_bert": lambda: (BertMLMModel(TINY_BERT), bert_packed_batch()),
+                    "prot_albert": lambda: (AlbertMLMModel(TINY_ALBERT), bert_packed_batch()),
                     "prot_electra": lambda: (ElectraPretrainModel(TINY_ELECTRA), bert_packed_batch())}[family]()
     single = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
     before, after, metrics = one_step(single, model, batch)

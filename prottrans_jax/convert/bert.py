@@ -33,8 +33,6 @@ NSP = "cls.seq_relationship.weight"
 VOCAB_TXT = "vocab.txt"
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
-_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                   "relu": "relu"}
 
 
 # ------------------------------------------------------------------------------ the table
@@ -163,16 +161,14 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"unsupported BERT position_embedding_type "
                          f"{hf_config['position_embedding_type']!r}; expected 'absolute'")
-    act = hf_config.get("hidden_act", "gelu")
-    if act not in _HF_ACTIVATIONS:
-        raise ValueError(f"unsupported BERT hidden_act {act!r}; expected one of {sorted(_HF_ACTIVATIONS)}")
+    act = mapping.activation_from_hf(hf_config.get("hidden_act", "gelu"), "BERT")
     kwargs = dict(
         vocab_size=hf_config.get("vocab_size", 30522),
         hidden_size=hf_config.get("hidden_size", 768),
         num_layers=hf_config.get("num_hidden_layers", 12),
         num_heads=hf_config.get("num_attention_heads", 12),
         intermediate_size=hf_config.get("intermediate_size", 3072),
-        hidden_act=_HF_ACTIVATIONS[act],
+        hidden_act=act,
         max_position_embeddings=hf_config.get("max_position_embeddings", 512),
         type_vocab_size=hf_config.get("type_vocab_size", 2),
         hidden_dropout_prob=hf_config.get("hidden_dropout_prob", 0.1),
@@ -201,7 +197,7 @@ def hf_config_from(config: BertConfig, part: str = "full") -> dict[str, Any]:
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
         "intermediate_size": config.intermediate_size,
-        "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[config.hidden_act],
+        "hidden_act": mapping.ACTIVATIONS_TO_HF[config.hidden_act],
         "max_position_embeddings": config.max_position_embeddings,
         "type_vocab_size": config.type_vocab_size,
         "hidden_dropout_prob": config.hidden_dropout_prob,

@@ -25,7 +25,7 @@ import numpy as np
 
 from prottrans_jax.convert import bert as bert_convert, mapping
 from prottrans_jax.convert.bert import linear, layer_norm, layer_entries
-from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap
+from prottrans_jax.convert.mapping import Entry, LayerStack, ParamMap
 from prottrans_jax.models.electra import TOWERS, ElectraConfig, ElectraPretrainModel
 
 PARTS = ("full", *TOWERS)
@@ -48,7 +48,6 @@ HF_DEFAULTS = {"vocab_size": 30522, "embedding_size": 128, "hidden_size": 256, "
                "num_attention_heads": 4, "intermediate_size": 1024, "max_position_embeddings": 512,
                "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
                "layer_norm_eps": 1e-12, "initializer_range": 0.02}
-_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 tokenizer_pieces = bert_convert.tokenizer_pieces
 vocabulary_from_pieces = bert_convert.vocabulary_from_pieces
@@ -177,9 +176,7 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
         raise ValueError(f"not an ELECTRA config: model_type={hf_config.get('model_type')!r}")
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"unsupported ELECTRA position_embedding_type {hf_config['position_embedding_type']!r}")
-    act = hf_config.get("hidden_act", "gelu")
-    if act not in _HF_ACTIVATIONS:
-        raise ValueError(f"unsupported ELECTRA hidden_act {act!r}; expected one of {sorted(_HF_ACTIVATIONS)}")
+    act = mapping.activation_from_hf(hf_config.get("hidden_act", "gelu"), "ELECTRA")
     if state_dict is not None:
         part = hf_part(hf_config, state_dict)
     else:
@@ -188,7 +185,7 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
     prefix = "generator_" if part == "generator" else ""
     kwargs = {f"{prefix}{ours}": value(theirs) for ours, theirs in TOWER_FIELDS.items()}
     kwargs.update({ours: value(theirs) for ours, theirs in SHARED_FIELDS.items()})
-    kwargs.update(hidden_act=_HF_ACTIVATIONS[act], pad_id=hf_config.get("pad_token_id", 0) or 0)
+    kwargs.update(hidden_act=act, pad_id=hf_config.get("pad_token_id", 0) or 0)
     if state_dict is not None and WORD_EMBEDDINGS in state_dict:
         kwargs["vocab_size"] = int(np.asarray(state_dict[WORD_EMBEDDINGS]).shape[0])
     kwargs.update(overrides)
@@ -202,7 +199,7 @@ def hf_config_from(config: ElectraConfig, part: str) -> dict[str, Any]:
     out = {"architectures": [ARCHITECTURES[part]], "model_type": "electra",
            **{theirs: getattr(config, f"{prefix}{ours}") for ours, theirs in TOWER_FIELDS.items()},
            **{theirs: getattr(config, ours) for ours, theirs in SHARED_FIELDS.items()},
-           "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[config.hidden_act],
+           "hidden_act": mapping.ACTIVATIONS_TO_HF[config.hidden_act],
            "pad_token_id": config.pad_id, "position_embedding_type": "absolute", "tie_word_embeddings": True}
     return out
 

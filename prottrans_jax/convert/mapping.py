@@ -29,6 +29,18 @@ class Transform:
     to_hf: Callable[[np.ndarray], np.ndarray]
 
 
+# Hugging Face `hidden_act` names -> ours (models/layers.py ACTIVATIONS), and back.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def activation_from_hf(name: str, what: str) -> str:
+    """Our activation for a config.json `hidden_act`, else ValueError naming it."""
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(f"unsupported {what} hidden_act {name!r}; expected one of {sorted(HF_ACTIVATIONS)}")
+    return HF_ACTIVATIONS[name]
+
+
 IDENTITY = Transform(lambda x: x, lambda x: x)
 TRANSPOSE = Transform(lambda x: x.T, lambda x: x.T)
 

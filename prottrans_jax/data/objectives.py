@@ -15,7 +15,8 @@ TFDS with old nightlies when installed. Each objective takes tokenised, cropped 
   task's targets length all read them there.
 - `bert_mlm`: BERT's objective: residues chosen with probability 0.15; of those 80% become
   [MASK], 10% a random token, 10% stay; loss only on chosen positions ("mlm_weights", which
-  also tells which of them became [MASK]).
+  also tells which of them became [MASK]); optionally at most `max_predictions_per_seq` of
+  them (ProtAlbert's 20). `albert_mlm` (data/registry.py) is the same over ALBERT's table.
 - `electra_mlm`: ELECTRA's generator input: as `bert_mlm` with 85% [MASK], 15% unchanged.
 
 Every objective says explicitly which target positions it hid (`targets_masked` for the T5
@@ -199,16 +200,28 @@ def prott5_denoise(dataset: tf.data.Dataset, output_features, noise_density: flo
     return corrupt(dataset)
 
 
+def cap_chosen(chosen: tf.Tensor, max_chosen: int, seed) -> tf.Tensor:
+    """At most `max_chosen` of the True positions of a 1-D mask, kept uniformly at random."""
+    keys = tf.where(chosen, tf.random.stateless_uniform(tf.shape(chosen), seed=seed), 2.0)
+    rank = tf.argsort(tf.argsort(keys))  # 0 for the smallest key; unchosen positions rank last
+    return tf.logical_and(chosen, rank < max_chosen)
+
+
 @gin.configurable
 def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
              mask_token_fraction: float = 0.8, random_token_fraction: float = 0.1,
-             random_tokens: str = "residues") -> tf.data.Dataset:
+             random_tokens: str = "residues", max_predictions_per_seq: int | None = None) -> tf.data.Dataset:
     """BERT masking with [CLS] ... [SEP] around the residues; loss weights in "mlm_weights".
 
     random_tokens: where the 10% random replacements come from. "residues" (default): the 20
     standard amino acids, as the ProtBert model card describes it; "vocabulary": any id of the
     vocabulary, special tokens included, as TF BERT's `create_pretraining_data.py` drew them.
+    max_predictions_per_seq: None (default), every position chosen at `mask_rate`; a number,
+    at most that many per sequence, kept uniformly among those (the TF BERT/ALBERT data's
+    cap: ProtAlbert's 20 at 512 residues predicts ~3.9%, not 15%).
     """
+    if max_predictions_per_seq is not None and max_predictions_per_seq < 1:
+        raise ValueError(f"bert_mlm.max_predictions_per_seq={max_predictions_per_seq!r}; expected None or >= 1")
     vocabulary = _vocabulary(output_features)
     if random_tokens == "residues":
         replacement_ids = tf.constant(vocabulary.residue_ids)
@@ -223,6 +236,9 @@ def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
         tokens = features["targets"]
         seeds = tf.random.experimental.stateless_split(seed, 3)
         chosen = tf.random.stateless_uniform(tf.shape(tokens), seed=seeds[0]) < mask_rate
+        if max_predictions_per_seq is not None:  # its own seed: the uncapped masks stay as they were
+            cap_seed = tf.random.experimental.stateless_fold_in(seeds[0], 1)
+            chosen = cap_chosen(chosen, max_predictions_per_seq, cap_seed)
         action = tf.random.stateless_uniform(tf.shape(tokens), seed=seeds[1])
         replacements = tf.gather(replacement_ids, tf.random.stateless_uniform(
             tf.shape(tokens), seed=seeds[2], maxval=tf.size(replacement_ids), dtype=tf.int32))

@@ -20,7 +20,8 @@ import seqio
 from prottrans_jax.data import objectives, preprocessors
 from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter,
                                                    EncoderMLMFeatureConverter)
-from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary, prot_t5_vocabulary
+from prottrans_jax.vocab import (ProteinVocabulary, prot_albert_vocabulary, prot_bert_vocabulary,
+                                 prot_t5_vocabulary)
 
 # The masked-positions flag: a pass-through feature whose EOS is NOT_CHOSEN, so seqio's
 # append_eos_after_trim keeps it aligned with the targets.
@@ -97,8 +98,9 @@ def _span_corruption_lengths(inputs_length: int, targets_length: int | None) -> 
     return {"inputs": inputs_length, "targets": targets_length, "targets_masked": targets_length}
 
 
-def _bert_features() -> dict[str, seqio.Feature]:
-    vocabulary = prot_bert_vocabulary()  # [CLS]/[SEP] are added by the objective
+def _bert_features(vocabulary: Callable[[], ProteinVocabulary] = prot_bert_vocabulary
+                   ) -> dict[str, seqio.Feature]:
+    vocabulary = vocabulary()  # [CLS]/[SEP] are added by the objective
     return {"inputs": seqio.Feature(vocabulary, add_eos=False),
             "targets": seqio.Feature(vocabulary, add_eos=False),
             "mlm_weights": seqio.Feature(seqio.PassThroughVocabulary(5), add_eos=False)}
@@ -131,6 +133,15 @@ register_objective(Objective(
     name="bert_mlm",
     vocabulary=prot_bert_vocabulary,
     output_features=_bert_features,
+    preprocessors=lambda: [functools.partial(preprocessors.random_crop, reserved=2),
+                           objectives.bert_mlm],
+    feature_converter_cls=EncoderMLMFeatureConverter,
+    feature_lengths=_encoder_lengths,
+))
+register_objective(Objective(  # BERT masking over ProtAlbert's SentencePiece table
+    name="albert_mlm",
+    vocabulary=prot_albert_vocabulary,
+    output_features=functools.partial(_bert_features, prot_albert_vocabulary),
     preprocessors=lambda: [functools.partial(preprocessors.random_crop, reserved=2),
                            objectives.bert_mlm],
     feature_converter_cls=EncoderMLMFeatureConverter,

@@ -99,7 +99,8 @@ class BertConfig(ComputeDtypes):
 # ------------------------------------------------------------------------------- layers
 
 
-def _dense(cfg: BertConfig, features: int, axes: tuple[str, str], name: str) -> Dense:
+def dense(cfg: BertConfig, features: int, axes: tuple[str, str | None], name: str) -> Dense:
+    """A Dense layer with a bias, in the config's dtypes and initialiser (BERT-like families)."""
     return Dense(features, axes, cfg.compute_dtype, cfg.parameter_dtype, cfg.kernel_init, use_bias=True,
                  name=name)
 
@@ -172,7 +173,7 @@ class MlmHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
-        h = _dense(cfg, cfg.hidden_size, ("embed", "mlp"), "transform")(hidden)
+        h = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "transform")(hidden)
         h = _norm(cfg, "layer_norm")(activation(cfg.hidden_act)(h))
         bias = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.parameter_dtype)
@@ -191,8 +192,8 @@ class Bert(nn.Module):
         self.encoder = Encoder(cfg)
         self.mlm = MlmHead(cfg, self.embeddings)
         if cfg.pretraining_heads:
-            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "mlp"), "pooler")
-            self.nsp = _dense(cfg, 2, ("embed", None), "nsp")
+            self.pooler = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "pooler")
+            self.nsp = dense(cfg, 2, ("embed", None), "nsp")
 
     def encode(self, tokens: jax.Array, token_types: jax.Array | None = None,
                segment_ids: jax.Array | None = None, positions: jax.Array | None = None,

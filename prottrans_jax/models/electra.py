@@ -40,7 +40,7 @@ from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
 from prottrans_jax.models import bert
 from prottrans_jax.models.attention import segment_or_token_validity
 from prottrans_jax.models.base import Average, ComputeDtypes, Metrics, Sum, count_sequences, token_metrics
-from prottrans_jax.models.layers import ACTIVATIONS, REMAT_POLICIES, Dense, LayerNorm, activation
+from prottrans_jax.models.layers import ACTIVATIONS, REMAT_POLICIES, LayerNorm, activation
 from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary
 
 TOWERS = ("discriminator", "generator")
@@ -120,11 +120,6 @@ class ElectraConfig(ComputeDtypes):
 # ------------------------------------------------------------------------------- modules
 
 
-def _dense(cfg: bert.BertConfig, features: int, axes: tuple[str, str | None], name: str) -> Dense:
-    return Dense(features, axes, cfg.compute_dtype, cfg.parameter_dtype, cfg.kernel_init, use_bias=True,
-                 name=name)
-
-
 class DiscriminatorHead(nn.Module):
     """dense, activation, one logit per token: > 0 says "replaced"."""
 
@@ -133,8 +128,8 @@ class DiscriminatorHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
-        h = activation(cfg.hidden_act)(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), "dense")(hidden))
-        return _dense(cfg, 1, ("mlp", None), "prediction")(h)[..., 0].astype(jnp.float32)
+        h = activation(cfg.hidden_act)(bert.dense(cfg, cfg.hidden_size, ("embed", "mlp"), "dense")(hidden))
+        return bert.dense(cfg, 1, ("mlp", None), "prediction")(h)[..., 0].astype(jnp.float32)
 
 
 class GeneratorHead(nn.Module):
@@ -148,7 +143,7 @@ class GeneratorHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
-        h = activation("gelu")(_dense(cfg, self.embedding_size, ("mlp", "embed"), "dense")(hidden))
+        h = activation("gelu")(bert.dense(cfg, self.embedding_size, ("mlp", "embed"), "dense")(hidden))
         h = LayerNorm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.parameter_dtype, name="layer_norm")(h)
         bias = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.parameter_dtype)
@@ -168,7 +163,7 @@ class Tower(nn.Module):
     def setup(self):
         cfg = self.config
         self.projection = (None if self.embedding_size == cfg.hidden_size
-                           else _dense(cfg, cfg.hidden_size, ("embed", "mlp"), "projection"))
+                           else bert.dense(cfg, cfg.hidden_size, ("embed", "mlp"), "projection"))
         self.encoder = bert.Encoder(cfg)
         self.head = (DiscriminatorHead(cfg) if self.kind == "discriminator"
                      else GeneratorHead(cfg, self.embedding_size, self.embeddings))

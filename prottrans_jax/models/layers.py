@@ -120,18 +120,23 @@ class RmsNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """Layer normalisation with scale and bias (BERT's), always computed in float32."""
+    """Layer normalisation with scale and bias (BERT's), always computed in float32.
+
+    `axes` names its one dimension: ("embed",) at the model width; a family's own name at
+    another width (ALBERT's factorised embedding).
+    """
 
     epsilon: float = 1e-12
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    axes: tuple[str] = ("embed",)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (x.shape[-1],)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, self.axes),
                            features, self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes),
                           features, self.param_dtype)
         x = jnp.asarray(x, jnp.float32)
         mean = jnp.mean(x, axis=-1, keepdims=True)
