@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from prottrans_jax import families
 from prottrans_jax.models.base import ComputeDtypes
-from prottrans_jax.models.bert import BertConfig, BertEncoder, BertLayer, BertMLMModel, dense, encoder_inputs
+from prottrans_jax.models.bert import Bert, BertConfig, BertEncoder, BertLayer, BertMLMModel, dense
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Dense, Embed, LayerNorm, activation,
                                          remat_layer)
 from prottrans_jax.vocab import prot_albert_vocabulary
@@ -212,10 +212,12 @@ class MlmHead(nn.Module):
         return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
-class Albert(nn.Module):
-    """ALBERT. Parameters: embeddings, encoder, mlm (and pooler, sop with pretraining_heads)."""
+class Albert(Bert):
+    """ALBERT: BERT's forward over ALBERT's parts. Parameters: embeddings, encoder, mlm (and
+    pooler, sop with pretraining_heads)."""
 
     config: AlbertConfig
+    SENTENCE_HEAD = "sop"
 
     def setup(self):
         cfg = self.config
@@ -225,30 +227,6 @@ class Albert(nn.Module):
         if cfg.pretraining_heads:
             self.pooler = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "pooler")
             self.sop = dense(cfg, 2, ("embed", None), "sop")
-
-    def encode(self, tokens: jax.Array, token_types: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-        """The last hidden state (batch, length, hidden_size): ProtAlbert's embeddings."""
-        bias, positions, token_types = encoder_inputs(tokens, token_types, segment_ids, positions,
-                                                      self.config.pad_id)
-        x = self.embeddings(tokens, token_types, positions, deterministic)
-        return self.encoder(x, bias, deterministic)
-
-    def mlm_logits(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
-                   positions: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-        """MLM logits (batch, length, vocab), float32: what pre-training computes."""
-        return self.mlm(self.encode(tokens, None, segment_ids, positions, deterministic))
-
-    def __call__(self, tokens: jax.Array, token_types: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-                 deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
-        """(MLM logits (batch, length, vocab), sentence-order logits (batch, 2) or None), float32."""
-        hidden = self.encode(tokens, token_types, segment_ids, positions, deterministic)
-        sop = None
-        if self.config.pretraining_heads:  # the pooler (dense + tanh on [CLS]), then SOP
-            sop = self.sop(jnp.tanh(self.pooler(hidden[:, 0]))).astype(jnp.float32)
-        return self.mlm(hidden), sop
 
 
 # -------------------------------------------------------------------------------- pre-training
@@ -268,13 +246,6 @@ class AlbertMLMModel(BertMLMModel):
     @property
     def module(self) -> Albert:
         return Albert(self.config)
-
-    def logits(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
-        return self.module.apply({"params": params}, batch["encoder_input_tokens"],
-                                 batch.get("encoder_segment_ids"), batch.get("encoder_positions"),
-                                 not train, method=Albert.mlm_logits,
-                                 rngs={"dropout": rng} if train else None)
 
     def flops_per_batch(self, batch: Mapping[str, Any]) -> float:
         """Model FLOPs of one training step (forward + backward) on a batch of this shape:
@@ -306,9 +277,9 @@ class AlbertEncoder(BertEncoder):
 
     config: AlbertConfig
 
-    def hidden_states(self, params: Any, tokens: jax.Array, valid: jax.Array) -> jax.Array:
-        return Albert(self.config).apply({"params": params}, tokens, None, valid.astype(jnp.int32),
-                                         method=Albert.encode)
+    @property
+    def module(self) -> Albert:
+        return Albert(self.config)
 
 
 def _is_untyped_albert_config(hf_config: Mapping[str, Any]) -> bool:

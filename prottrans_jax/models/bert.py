@@ -182,9 +182,13 @@ class MlmHead(nn.Module):
 
 
 class Bert(nn.Module):
-    """BERT. Parameters: embeddings, encoder, mlm (and pooler, nsp with pretraining_heads)."""
+    """BERT. Parameters: embeddings, encoder, mlm (and pooler, nsp with pretraining_heads).
+
+    ALBERT subclasses it with its own parts (`setup`) and sentence head's name.
+    """
 
     config: BertConfig
+    SENTENCE_HEAD = "nsp"  # the pre-training head on the pooled [CLS] (ALBERT's: "sop")
 
     def setup(self):
         cfg = self.config
@@ -198,7 +202,7 @@ class Bert(nn.Module):
     def encode(self, tokens: jax.Array, token_types: jax.Array | None = None,
                segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
-        """The last hidden state (batch, length, hidden_size): ProtBert's embeddings."""
+        """The last hidden state (batch, length, hidden_size): the embeddings."""
         bias, positions, token_types = encoder_inputs(tokens, token_types, segment_ids, positions,
                                                       self.config.pad_id)
         x = self.embeddings(tokens, token_types, positions, deterministic)
@@ -212,12 +216,13 @@ class Bert(nn.Module):
     def __call__(self, tokens: jax.Array, token_types: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
                  deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
-        """(MLM logits (batch, length, vocab), NSP logits (batch, 2) or None), float32."""
+        """(MLM logits (batch, length, vocab), NSP (ALBERT: SOP) logits (batch, 2) or None), float32."""
         hidden = self.encode(tokens, token_types, segment_ids, positions, deterministic)
-        nsp = None
-        if self.config.pretraining_heads:  # the pooler (dense + tanh on [CLS]), then NSP
-            nsp = self.nsp(jnp.tanh(self.pooler(hidden[:, 0]))).astype(jnp.float32)
-        return self.mlm(hidden), nsp
+        sentence = None
+        if self.config.pretraining_heads:  # the pooler (dense + tanh on [CLS]), then the head
+            head = getattr(self, self.SENTENCE_HEAD)
+            sentence = head(jnp.tanh(self.pooler(hidden[:, 0]))).astype(jnp.float32)
+        return self.mlm(hidden), sentence
 
 
 def encoder_inputs(tokens: jax.Array, token_types: jax.Array | None, segment_ids: jax.Array | None,
@@ -269,7 +274,7 @@ class BertMLMModel:
                train: bool = False) -> jax.Array:
         return self.module.apply({"params": params}, batch["encoder_input_tokens"],
                                  batch.get("encoder_segment_ids"), batch.get("encoder_positions"),
-                                 not train, method=Bert.mlm_logits,
+                                 not train, method="mlm_logits",  # a subclass's module's (ALBERT)
                                  rngs={"dropout": rng} if train else None)
 
     def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
@@ -326,9 +331,12 @@ class BertEncoder:
     def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return (vocabulary.bos_id,), (vocabulary.eos_id,)
 
+    @property
+    def module(self) -> Bert:
+        return Bert(self.config)
+
     def hidden_states(self, params: Any, tokens: jax.Array, valid: jax.Array) -> jax.Array:
-        return Bert(self.config).apply({"params": params}, tokens, None, valid.astype(jnp.int32),
-                                       method=Bert.encode)
+        return self.module.apply({"params": params}, tokens, None, valid.astype(jnp.int32), method="encode")
 
     def token_embedding(self, params: Any) -> np.ndarray:
         return np.asarray(params["embeddings"]["word"]["embedding"], np.float32)
