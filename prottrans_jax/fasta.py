@@ -121,6 +121,8 @@ def parse_fasta(lines: Iterable[str], path: str) -> Iterator[FastaRecord | Fasta
     for raw in lines:
         line_number += 1
         line = raw.rstrip("\r\n").rstrip(" \t")
+        if line_number == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
         if line.startswith(">"):
             done = finish()
             if done is not None:

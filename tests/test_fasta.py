@@ -25,6 +25,12 @@ def test_multi_line_records_crlf_lower_case_and_trailing_stop(tmp_path):
     assert got[0].description == "desc here" and got[0].line == 1 and got[1].line == 5
 
 
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    """Once "sequence data before the first '>' header" (the BOM is not a '>')."""
+    assert records(write(tmp_path, "\ufeff>P1\nMKT\n")) == [("P1", "MKT")]
+    assert records(write(tmp_path, "\ufeff>P1\nMKT\n", name="in.fa.gz", compress=True)) == [("P1", "MKT")]
+
+
 def test_gzip_is_found_by_magic_bytes_not_extension(tmp_path):
     path = write(tmp_path, ">P1\nMKT\n", name="no_extension", compress=True)
     assert records(path) == [("P1", "MKT")]

@@ -108,6 +108,40 @@ def test_malformed_input_fails_with_file_and_line_and_leaves_nothing(tmp_path, c
     assert list(out.iterdir()) == []  # no shards, no stats.json, no scratch directory
 
 
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_a_truncated_or_corrupt_gzip_fails_the_build_naming_the_file(tmp_path, capsys, policy):
+    """A cut .gz once built a "complete" corpus of half the proteins, the last one cut short;
+    plain text named .gz ended in a zlib traceback. Under any policy: one line, nothing written."""
+    random_fasta(tmp_path / "in.fa", 300, seed=3)
+    whole = gzip.compress((tmp_path / "in.fa").read_bytes())
+    damaged = {"truncated.fa.gz": whole[: len(whole) // 2], "plain.fa.gz": (tmp_path / "in.fa").read_bytes(),
+               "corrupt.fa.gz": whole[:200] + bytes(200) + whole[400:]}
+    expected = {"truncated.fa.gz": "the compressed stream ends before its end marker: the file is truncated",
+                "plain.fa.gz": "cannot decompress", "corrupt.fa.gz": "cannot decompress"}
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+        out = tmp_path / f"out_{name}"
+        code = main(["--input", str(tmp_path / name), "--output_dir", str(out), "--policy", policy])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and "\n" not in err, err
+        assert err.startswith(f"error: {tmp_path / name}:") and expected[name] in err, err
+        assert not out.exists() or list(out.iterdir()) == []  # no shards, no stats.json, no scratch
+
+
+def test_an_input_with_no_protein_to_write_is_refused(tmp_path, capsys):
+    """An empty FASTA once built an empty "complete" corpus that training then crashed on."""
+    (tmp_path / "empty.fa").write_text("")
+    (tmp_path / "short.fa").write_text(">P1\nMK\n>P2\nMKT\n")
+    for name, extra, expected in (("empty.fa", [], "no protein to write (0 record(s) read)"),
+                                  ("short.fa", ["--min_length", "10"],
+                                   "no protein to write (2 record(s) read, all dropped: {'too_short': 2})")):
+        out = tmp_path / f"out_{name}"
+        code = main(["--input", str(tmp_path / name), "--output_dir", str(out), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and err == f"error: {tmp_path / name}: {expected}", err
+        assert list(out.iterdir()) == []
+
+
 def test_duplicate_ids_are_reported_with_both_lines(tmp_path):
     fasta = tmp_path / "dup.fa"
     fasta.write_text(">P1\nMKT\n>P2\nAAA\n>P1\nWW\n")

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from prottrans_jax.fasta import FastaError
 from tfrecords_builder import tfrecord_io
 from tfrecords_builder.fasta_source import newlines_before
-from tfrecords_builder.pipeline import (FILTER_REASONS, LENGTH_BINS, SPLITS, BuildConfig,
+from tfrecords_builder.pipeline import (FATAL_REASONS, FILTER_REASONS, LENGTH_BINS, SPLITS, BuildConfig,
                                         build_pipeline)
 
 STATS_FILE = "stats.json"
@@ -160,6 +160,9 @@ def _check_and_summarise(config: BuildConfig, files: list[str], work_dir: str) -
     dropped = dict(sorted((reason, count) for reason, count in
                           _read_json(_join(work_dir, "dropped.json"))))
     problems = _read_json(_join(work_dir, "problems.json"))
+    damaged = [p for p in problems if p["reason"] in FATAL_REASONS]
+    if damaged:  # whatever the policy: what lies beyond the damage is unknown
+        raise BuildError(_problem_text(damaged[0]))
     num_problems = sum(c for r, c in dropped.items() if r not in FILTER_REASONS)
     if num_problems and config.policy == "error":
         first = _problem_text(problems[0])
@@ -172,6 +175,9 @@ def _check_and_summarise(config: BuildConfig, files: list[str], work_dir: str) -
     if records_read != sum(written.values()) + sum(dropped.values()):
         raise BuildError(f"records lost: read {records_read}, wrote {sum(written.values())}, "
                          f"dropped {sum(dropped.values())}")
+    if not sum(written.values()):  # an empty corpus would only fail later, in training
+        raise BuildError(f"{', '.join(files)}: no protein to write ({records_read} record(s) read"
+                         + (f", all dropped: {dropped})" if records_read else ")"))
     histogram = [sum(row["length_histogram"][i] for row in manifest)
                  for i in range(len(LENGTH_BINS))]
     return {

@@ -11,10 +11,17 @@ Elements are plain tuples (cheap to pickle between stages):
   ("problem", path, line, reason, message, id, offset)  offset = its record's header offset
 Line numbers are exact: a range that starts mid-file counts the newlines before it, but only
 when it has a problem to report, so clean inputs never pay for it.
+
+A compressed file that does not decompress (corrupt, or plain text named `.gz`) or whose
+stream ends early (truncated: Beam's reader returns what it could decompress and stops) is a
+problem of its own (CORRUPT_INPUT, TRUNCATED_INPUT) that fails the build under any policy:
+the records after the damage are unknown, and the last one read may be cut short.
 """
 
 from __future__ import annotations
 
+import lzma
+import zlib
 from typing import Iterator
 
 from apache_beam.io import filebasedsource
@@ -25,6 +32,9 @@ from prottrans_jax.fasta import FastaProblem, parse_fasta
 
 RECORD = "record"
 PROBLEM = "problem"
+CORRUPT_INPUT = "corrupt_input"
+TRUNCATED_INPUT = "truncated_input"
+DECOMPRESSION_ERRORS = (zlib.error, lzma.LZMAError, EOFError, OSError)
 
 
 def newlines_before(path: str, offset: int, compression: str = CompressionTypes.AUTO) -> int:
@@ -61,6 +71,7 @@ class FastaSource(filebasedsource.FileBasedSource):
                 position = start - 1 + len(handle.readline())
             first_header: list[int] = []  # byte offset of the range's first header
             first_absolute_line: list[int] = []  # its line number, computed lazily, at most once
+            lines_read = [0]  # every line this range read (a compressed file is one range)
 
             def lines() -> Iterator[str]:
                 nonlocal position
@@ -70,6 +81,7 @@ class FastaSource(filebasedsource.FileBasedSource):
                     raw = handle.readline()
                     if not raw:
                         return
+                    lines_read[0] += 1
                     line_start, position = position, position + len(raw)
                     if raw.startswith(b">"):
                         if not range_tracker.try_claim(line_start):
@@ -90,12 +102,23 @@ class FastaSource(filebasedsource.FileBasedSource):
                     first_absolute_line.append(newlines_before(file_name, first_header[0]) + 1)
                 return first_absolute_line[0] + line - 1
 
-            for item in parse_fasta(lines(), file_name):
-                if isinstance(item, FastaProblem):
-                    offset = (header_offsets.pop(item.header_line)
-                              if item.header_line is not None else 0)
-                    yield (PROBLEM, file_name, absolute(item.line), item.reason, item.message,
-                           item.record_id, offset)
-                else:
-                    offset = header_offsets.pop(item.line)
-                    yield (RECORD, file_name, offset, item.id, item.description, item.sequence)
+            try:
+                for item in parse_fasta(lines(), file_name):
+                    if isinstance(item, FastaProblem):
+                        offset = (header_offsets.pop(item.header_line)
+                                  if item.header_line is not None else 0)
+                        yield (PROBLEM, file_name, absolute(item.line), item.reason, item.message,
+                               item.record_id, offset)
+                    else:
+                        offset = header_offsets.pop(item.line)
+                        yield (RECORD, file_name, offset, item.id, item.description, item.sequence)
+            except DECOMPRESSION_ERRORS as err:
+                yield (PROBLEM, file_name, lines_read[0] + 1, CORRUPT_INPUT,
+                       f"cannot decompress ({type(err).__name__}: {err}): the file is corrupt, or not "
+                       "the compression its name says", None, -1)
+                return
+            decompressor = getattr(handle, "_decompressor", None)  # Beam's CompressedFile
+            if decompressor is not None and not getattr(decompressor, "eof", True):
+                yield (PROBLEM, file_name, lines_read[0], TRUNCATED_INPUT,
+                       "the compressed stream ends before its end marker: the file is truncated "
+                       "(its last record may be cut short)", None, -1)

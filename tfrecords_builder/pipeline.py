@@ -19,13 +19,15 @@ from apache_beam.io.filesystems import FileSystems
 from prottrans_jax.fasta import DUPLICATE_ID
 from prottrans_jax.vocab import RARE_TO_X, normalize_sequence, space_separate
 from tfrecords_builder import tfrecord_io
-from tfrecords_builder.fasta_source import RECORD, FastaSource
+from tfrecords_builder.fasta_source import CORRUPT_INPUT, RECORD, TRUNCATED_INPUT, FastaSource
 
 TRAIN, VALIDATION = "train", "validation"
 SPLITS = (TRAIN, VALIDATION)
 TOO_SHORT, TOO_LONG, DUPLICATE_SEQUENCE = "too_short", "too_long", "duplicate_sequence"
 # Reasons that are requested filters, not malformed input: never an error under policy=error.
 FILTER_REASONS = (TOO_SHORT, TOO_LONG, DUPLICATE_SEQUENCE)
+# Damaged inputs: the build fails whatever the policy (fasta_source.py).
+FATAL_REASONS = (CORRUPT_INPUT, TRUNCATED_INPUT)
 # Length histogram bin edges (residues); the last bin is open.
 LENGTH_BINS = (1, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 5000, 10000)
 MAX_EXAMPLE_PROBLEMS = 20
@@ -214,8 +216,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: BuildConfig, work_dir: str) 
                 work + "dropped.json", "Dropped")
     examples = (all_drops
                 | "Problems" >> beam.Filter(lambda d: d["reason"] not in FILTER_REASONS)
-                | "FirstProblems" >> beam.combiners.Top.Smallest(
+                | "FirstProblems" >> beam.combiners.Top.Smallest(  # damaged inputs first
                     MAX_EXAMPLE_PROBLEMS,
-                    key=lambda d: (d["path"], d["offset"]))
+                    key=lambda d: (d["reason"] not in FATAL_REASONS, d["path"], d["offset"]))
                 | "Flat" >> beam.FlatMap(lambda rows: rows))
     _write_json(examples, work + "problems.json", "ProblemExamples")
