@@ -25,6 +25,7 @@ from typing import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from prottrans_jax import checkpoints, distributed  # noqa: E402
 from prottrans_jax.errors import first_line  # noqa: E402
@@ -104,6 +105,12 @@ def run(argv: Sequence[str]) -> tuple[int, dict]:
         if args.debug:
             raise
         print(f"error: {first_line(error)}", file=sys.stderr)
+        return 1, {}
+    except tf.errors.DataLossError as error:  # tf.data checks each record's CRC as it reads
+        if args.debug:
+            raise
+        print(f"error: a corpus shard is truncated or corrupt ({first_line(error.message)}); rebuild the "
+              "corpus or restore the shard from its source", file=sys.stderr)
         return 1, {}
     if result.get("halted"):
         print(f"error: {result['message']}", file=sys.stderr)

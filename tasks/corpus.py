@@ -24,7 +24,10 @@ FEATURE_DESCRIPTION = {
 
 
 class CorpusSource(seqio.TFExampleDataSource):
-    """The builder's TFRecords, with a clear error when the corpus has not been built."""
+    """The builder's TFRecords, refused with one line when the corpus is not built, its
+    stats.json is unreadable, or a split lacks shards that stats.json says it has (training
+    on the rest would lose their proteins silently). TFRecord CRCs are checked as records are
+    read (tf.data); a corrupt shard stops training with one line (prottrans_jax/train.py)."""
 
     def __init__(self, corpus_dir: str):
         self.corpus_dir = str(corpus_dir).rstrip("/")
@@ -39,8 +42,25 @@ class CorpusSource(seqio.TFExampleDataSource):
             raise FileNotFoundError(
                 f"{path}: no built corpus here; build it with `python -m tfrecords_builder "
                 f"--input FASTA --output_dir {self.corpus_dir}`")
-        with tf.io.gfile.GFile(path) as handle:
-            return json.load(handle)
+        try:
+            with tf.io.gfile.GFile(path) as handle:
+                stats = json.load(handle)
+            num_shards, written = int(stats["config"]["num_shards"]), stats["written"]
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path}: not a complete stats.json ({type(err).__name__}: {err}); rebuild "
+                             "the corpus") from None
+        for split in ("train", "validation"):
+            if not written.get(split):
+                continue
+            found = set(tf.io.gfile.glob(f"{self.corpus_dir}/{split}.tfrecord-*"))  # one listing
+            expected = [f"{self.corpus_dir}/{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
+                        for shard in range(num_shards)]
+            missing = [name for name in expected if name not in found]
+            if missing:
+                raise FileNotFoundError(f"{missing[0]}: missing ({len(missing)} of the {num_shards} {split} "
+                                        f"shards that {STATS_FILE} lists): the corpus is incomplete; "
+                                        "rebuild or restore it")
+        return stats
 
     def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
         self._stats()

@@ -190,3 +190,41 @@ def test_command_line_bad_binding_exits_1(tmp_path):
     assert process.returncode == 1
     errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not_a_parameter" in errors[0]
+
+
+def test_an_incomplete_or_damaged_corpus_is_a_one_line_error(corpus, tmp_path, capsys):
+    """A missing shard once trained silently on the rest, a torn stats.json and a truncated
+    shard ended in tracebacks: now one line each, naming the file, and nothing trained."""
+    import json
+    import shutil
+
+    def run_on(name, damage):
+        copy = tmp_path / name
+        shutil.copytree(corpus, copy)
+        damage(copy)
+        tasks.register_corpus(name, copy)
+        code, _ = train_lib.run([GIN, f"--gin.MODEL_DIR='{tmp_path / (name + '_model')}'", "--gin.TRAIN_STEPS=2",
+                                 f"--gin.MIXTURE_OR_TASK_NAME='{name}_prott5_denoise'", "--gin.BATCH_SIZE=8",
+                                 "--gin.INPUTS_LENGTH=64", "--gin.train.eval_split='train'",
+                                 "--gin.train.eval_interval=None", *SMALLER, *ONE_DEVICE])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+        return err[0]
+
+    def cut_in_half(path):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    def lose_a_shard(directory):  # a 2-shard corpus whose second train shard is gone
+        stats = json.loads((directory / "stats.json").read_text())
+        (directory / "stats.json").write_text(json.dumps(stats | {"config": stats["config"] | {"num_shards": 2}}))
+        for split in ("train", "validation"):
+            (directory / f"{split}.tfrecord-00000-of-00001").rename(directory / f"{split}.tfrecord-00000-of-00002")
+        (directory / "validation.tfrecord-00001-of-00002").write_bytes(b"")
+
+    line = run_on("missing_shard", lose_a_shard)
+    assert "train.tfrecord-00001-of-00002: missing (1 of the 2 train shards that stats.json lists)" in line
+    line = run_on("torn_stats", lambda d: cut_in_half(d / "stats.json"))
+    assert "stats.json: not a complete stats.json (JSONDecodeError" in line
+    line = run_on("truncated_shard", lambda d: cut_in_half(d / "train.tfrecord-00000-of-00001"))
+    assert "a corpus shard is truncated or corrupt" in line

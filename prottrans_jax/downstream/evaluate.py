@@ -403,8 +403,9 @@ def parse_args(argv):
         default=0,
         help="train on a random subset of this many proteins (0 = all)",
     )
-    parser.add_argument("--max_epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--max_epochs", type=int, default=None,
+                        help="default: 40 (secondary structure), 200 (localisation's per-protein head)")
+    parser.add_argument("--patience", type=int, default=None, help="default: 5 / 20, as --max_epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", help="cache computed features (UniRep) here")
     parser.add_argument("--skip_scl2205", action="store_true")
@@ -419,7 +420,19 @@ def parse_args(argv):
         parser.error("--report is required")
     if args.part and not (args.model_dir or args.hf_model):
         parser.error("--part needs --model_dir or --hf_model")
+    for name, least in (("cv_folds", 2), ("max_epochs", 1), ("patience", 1), ("max_train", 0)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            parser.error(f"--{name} must be at least {least}, got {getattr(args, name)}")
     return args
+
+
+def training_config(args) -> training.TrainConfig:
+    """The heads' training as it will run (and as the report describes it): the flags, else
+    the benchmark's defaults (the per-protein head trains longer)."""
+    defaults = (training.TrainConfig() if args.benchmark == "secondary_structure"
+                else training.PROTEIN_HEAD_TRAINING)
+    return training.TrainConfig(max_epochs=args.max_epochs or defaults.max_epochs,
+                                patience=args.patience or defaults.patience, seed=args.seed)
 
 
 def main(argv=None):
@@ -433,9 +446,7 @@ def main(argv=None):
         if args.model_dir or args.hf_model
         else args.features
     )
-    config = training.TrainConfig(
-        max_epochs=args.max_epochs, patience=args.patience, seed=args.seed
-    )
+    config = training_config(args)
     setup = {
         "benchmark": args.benchmark,
         "features": features,

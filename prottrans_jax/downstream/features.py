@@ -46,7 +46,11 @@ def read_h5(path, ids, sequences, per_residue):
     if not path.is_file():
         raise FeatureError(f"{path}: no such embeddings file")
     out = []
-    with h5py.File(path, "r") as f:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise FeatureError(f"{path}: not an HDF5 embeddings file ({err})") from None
+    with handle as f:
         for protein_id, sequence in zip(ids, sequences):
             if protein_id not in f and protein_id.replace("/", "_") in f:
                 protein_id = protein_id.replace("/", "_")  # the embed command's dataset names

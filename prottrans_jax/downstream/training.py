@@ -208,9 +208,12 @@ def train_residue_head(
 # Per-protein.
 
 
-def train_protein_head(
-    train_x, train_set, val_x, val_set, config=TrainConfig(), log=print, max_epochs=200, patience=20
-):
+# The per-protein head is small and its epochs are cheap: it trains longer by default
+# (`evaluate --max_epochs/--patience` override it, and the report says what ran).
+PROTEIN_HEAD_TRAINING = TrainConfig(max_epochs=200, patience=20)
+
+
+def train_protein_head(train_x, train_set, val_x, val_set, config=PROTEIN_HEAD_TRAINING, log=print):
     """Trains the multi-task location/membrane head on mean-pooled embeddings."""
     model = heads_lib.ProteinHead(num_locations=len(train_set.classes))
     rng = np.random.default_rng(config.seed)
@@ -238,7 +241,7 @@ def train_protein_head(
     best = (-1.0, params, 0)
     history, started = [], time.time()
     n, size = len(train_x), config.batch_size
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(1, config.max_epochs + 1):
         order = rng.permutation(n)
         order = np.concatenate([order, order[: (-n) % size]])  # fixed batch shape: one compile
         losses = []
@@ -261,7 +264,7 @@ def train_protein_head(
         )
         if val_accuracy > best[0]:
             best = (val_accuracy, params, epoch)
-        elif epoch - best[2] >= patience:
+        elif epoch - best[2] >= config.patience:
             break
     if log:
         log(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from prottrans_jax.downstream import evaluate
 from tests.downstream.conftest import REPO_ROOT
@@ -119,3 +120,28 @@ def test_cli_malformed_input_fails_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path}/deeploc/bad.fasta:3: membrane code 'Q' is not M, S or U"
     )
+
+
+def test_folds_epochs_and_patience_that_cannot_train_are_refused(capsys):
+    """--cv_folds 0 and 1 ended in tracebacks; --max_epochs 0 reported untrained heads."""
+    base = ["--benchmark", "secondary_structure", "--features", "onehot", "--data_dir", "d", "--report", "r"]
+    for flag, value, least in (("--cv_folds", "1", 2), ("--cv_folds", "0", 2), ("--max_epochs", "0", 1),
+                               ("--patience", "0", 1), ("--max_train", "-1", 0)):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.parse_args([*base, flag, value])
+        assert exit_info.value.code == 2
+        assert f"{flag} must be at least {least}, got {value}" in capsys.readouterr().err
+
+
+def test_the_report_describes_the_training_that_runs():
+    """The per-protein head trained up to 200 epochs (patience 20) while the report said
+    "<= 40 epochs, patience 5"; the flags now reach it, and the report says what ran."""
+    base = ["--features", "onehot", "--data_dir", "d", "--report", "r"]
+    localisation = evaluate.training_config(evaluate.parse_args(["--benchmark", "localisation", *base]))
+    assert (localisation.max_epochs, localisation.patience) == (200, 20)
+    assert "<= 200 epochs" in localisation.describe() and "patience 20" in localisation.describe()
+    chosen = evaluate.training_config(evaluate.parse_args(["--benchmark", "localisation", *base,
+                                                           "--max_epochs", "7", "--patience", "2"]))
+    assert (chosen.max_epochs, chosen.patience) == (7, 2)
+    structure = evaluate.training_config(evaluate.parse_args(["--benchmark", "secondary_structure", *base]))
+    assert (structure.max_epochs, structure.patience) == (40, 5)

@@ -112,3 +112,11 @@ def test_the_evaluation_reads_either_electra_tower_on_request(tiny_electra_hf_di
                                    "__len__": lambda self: 1})()
     assert sources[None](dataset, per_residue=False).shape == (1, 32)
     assert sources["generator"](dataset, per_residue=False).shape == (1, 16)
+
+
+def test_a_features_file_that_is_not_hdf5_is_a_one_line_error_naming_it(tmp_path):
+    """Once h5py's bare "file signature not found", without the file."""
+    path = tmp_path / "notes.h5"
+    path.write_text("not an HDF5 file\n")
+    with pytest.raises(features.FeatureError, match=f"{path}: not an HDF5 embeddings file"):
+        features.read_h5(path, ["a"], ["MKT"], per_residue=False)

@@ -64,7 +64,7 @@ def test_protein_head_learns_location_and_membrane():
     )
     fit, test = np.arange(300), np.arange(300, 400)
     predictor, result = training.train_protein_head(
-        x[fit], data.subset(fit), x[test], data.subset(test), training.TrainConfig(), log=None
+        x[fit], data.subset(fit), x[test], data.subset(test), training.PROTEIN_HEAD_TRAINING, log=None
     )
     location_pred, membrane_pred = predictor(x[test])
     assert np.mean(location_pred == location[test]) > 0.9
