@@ -57,6 +57,7 @@ from prottrans_jax.inference import (DEFAULT_MAX_LENGTH, DEFAULT_MAX_TOKENS, DTY
 from prottrans_jax.vocab import normalize_sequence
 
 INCOMPLETE = "_incomplete"
+RESERVED_NAMES = {".": "'.' is the file's root group", INCOMPLETE: "the staging group of unfinished datasets"}
 FORMAT_VERSION = 2  # 2: any family; the fingerprint samples every parameter array
 
 
@@ -148,6 +149,9 @@ def read_proteins(fasta_path: str, policy: str = "error") -> tuple[list[Protein]
     proteins = [Protein(r.id, normalize_sequence(r.sequence)) for r in read_fasta(fasta_path, policy, stats)]
     names: dict[str, str] = {}
     for protein in proteins:
+        if protein.name in RESERVED_NAMES:  # HDF5's own "." and this file's staging group
+            raise ValueError(f"{fasta_path}: FASTA id {protein.id!r} cannot name an HDF5 dataset "
+                             f"({RESERVED_NAMES[protein.name]}); rename it")
         if names.setdefault(protein.name, protein.id) != protein.id:
             raise ValueError(f"FASTA ids {names[protein.name]!r} and {protein.id!r} both become dataset "
                              f"{protein.name!r} ('/' is replaced by '_'); rename one")

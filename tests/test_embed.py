@@ -200,6 +200,13 @@ def test_bad_inputs_are_one_line_errors(embed, setup, tmp_path, capsys):
     assert code == 1 and err.strip() == f"error: {bad_fasta}:4: invalid character '1' in record 'b' (column 3); " \
         "expected amino-acid letters ACDEFGHIKLMNPQRSTVWYXUZOB"
     assert not os.path.exists(tmp_path / "o.h5")  # nothing written for a bad input
+    for odd_id, why in ((".", "'.' is the file's root group"), ("_incomplete", "the staging group")):
+        odd = tmp_path / "odd.fasta"
+        odd.write_text(f">a\nMKT\n>{odd_id}\nMKT\n")  # once raw HDF5 errors, mid-run
+        code = embed.main(["--fasta", str(odd), "--output", str(tmp_path / "o.h5"), "--hf_model", hf_dir])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"error: {odd}: FASTA id {odd_id!r} cannot name an HDF5 dataset ({why}")
+        assert not os.path.exists(tmp_path / "o.h5")
 
 
 def test_out_of_memory_skips_a_long_protein_but_stops_on_a_batch():

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,34 @@ def test_a_truncated_or_corrupt_gzip_fails_the_build_naming_the_file(tmp_path, c
         assert code == 1 and "\n" not in err, err
         assert err.startswith(f"error: {tmp_path / name}:") and expected[name] in err, err
         assert not out.exists() or list(out.iterdir()) == []  # no shards, no stats.json, no scratch
+
+
+def test_a_directory_input_or_an_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    """Both once ended in tracebacks (IsADirectoryError, NotADirectoryError)."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    random_fasta(tmp_path / "in.fa", 3)
+    cases = ((["--input", str(tmp_path / "folder"), "--output_dir", str(tmp_path / "o")],
+              f"error: --input {tmp_path / 'folder'}: a directory; give its FASTA files"),
+             (["--input", str(tmp_path / "in.fa"), "--output_dir", str(tmp_path / "a_file")],
+              f"error: --output_dir {tmp_path / 'a_file'}: a file, not a directory"))
+    for argv, expected in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(expected) and "\n" not in err, err
+
+
+def test_the_scratch_of_a_killed_build_is_removed_by_the_next(tmp_path):
+    """A killed build's `.build-PID-TIME` folder once stayed beside the corpus for good."""
+    random_fasta(tmp_path / "in.fa", 20)
+    stale = tmp_path / "out" / ".build-4194000-1796000000"  # a pid no process has
+    stale.mkdir(parents=True)
+    (stale / "train.tfrecord-00000-of-00001").write_bytes(b"partial")
+    live = tmp_path / "out" / f".build-{os.getpid()}-1796000000"  # a build still running
+    live.mkdir()
+    run_build([tmp_path / "in.fa"], tmp_path / "out", num_shards=1)
+    assert not stale.exists() and live.exists()
+    assert (tmp_path / "out" / "stats.json").is_file()
 
 
 def test_an_input_with_no_protein_to_write_is_refused(tmp_path, capsys):
