@@ -82,22 +82,15 @@ class AlbertConfig(ComputeDtypes):
     pad_id: int = 0
 
     def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"AlbertConfig.hidden_act={self.hidden_act!r}; expected one of {ACTIVATIONS}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"AlbertConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_hidden_groups",
-                     "inner_group_num", "num_heads", "intermediate_size", "max_position_embeddings",
-                     "type_vocab_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"AlbertConfig.{name} must be positive, got {getattr(self, name)}")
+        self.check_fields(("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_hidden_groups",
+                           "inner_group_num", "num_heads", "intermediate_size", "max_position_embeddings",
+                           "type_vocab_size"), {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
         if self.hidden_size % self.num_heads:
             raise ValueError(f"AlbertConfig.hidden_size {self.hidden_size} must divide by "
                              f"num_heads {self.num_heads}")
         if self.num_hidden_groups > self.num_layers:
             raise ValueError(f"AlbertConfig.num_hidden_groups {self.num_hidden_groups} exceeds num_layers "
                              f"{self.num_layers}: a group would never run")
-        self.check_dtypes()
 
     @property
     def kernel_init(self):

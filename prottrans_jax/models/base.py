@@ -80,6 +80,18 @@ class ComputeDtypes:
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises TypeError naming the bad dtype
 
+    def check_fields(self, positive: tuple[str, ...], choices: Mapping[str, tuple[str, ...]]) -> None:
+        """ValueError naming the first field that is not positive or not one of its choices,
+        then the dtypes: the checks every family's config runs in `__post_init__`."""
+        where = type(self).__name__
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{where}.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+        self.check_dtypes()
+
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)

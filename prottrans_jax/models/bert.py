@@ -74,18 +74,12 @@ class BertConfig(ComputeDtypes):
     pad_id: int = 0
 
     def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"BertConfig.hidden_act={self.hidden_act!r}; expected one of {ACTIVATIONS}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"BertConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
+        self.check_fields(("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                           "max_position_embeddings", "type_vocab_size"),
+                          {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
         if self.hidden_size % self.num_heads:
             raise ValueError(f"BertConfig.hidden_size {self.hidden_size} must divide by "
                              f"num_heads {self.num_heads}")
-        self.check_dtypes()
 
     @property
     def head_dim(self) -> int:

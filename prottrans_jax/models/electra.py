@@ -83,21 +83,15 @@ class ElectraConfig(ComputeDtypes):
     pad_id: int = 0
 
     def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"ElectraConfig.hidden_act={self.hidden_act!r}; expected one of {ACTIVATIONS}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"ElectraConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size",
-                     "hidden_size", "num_layers", "num_heads", "intermediate_size", "generator_hidden_size",
-                     "generator_num_layers", "generator_num_heads", "generator_intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ElectraConfig.{name} must be positive, got {getattr(self, name)}")
+        self.check_fields(("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size",
+                           "hidden_size", "num_layers", "num_heads", "intermediate_size", "generator_hidden_size",
+                           "generator_num_layers", "generator_num_heads", "generator_intermediate_size"),
+                          {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
         for prefix in ("", "generator_"):
             width, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_heads")
             if width % heads:
                 raise ValueError(f"ElectraConfig.{prefix}hidden_size {width} must divide by "
                                  f"{prefix}num_heads {heads}")
-        self.check_dtypes()
 
     def tower(self, name: str) -> bert.BertConfig:
         """One tower as a BertConfig (the layer stack is BERT's, at the tower's width)."""
