@@ -26,6 +26,7 @@ import sys
 import tempfile
 from typing import Sequence
 
+from prottrans_jax.convert.hf_dir import split_parts
 from prottrans_jax.convert.hf_io import CONFIG, save_hf_model
 from prottrans_jax.errors import first_line
 from prottrans_jax.model_dir import read_model, restore_params
@@ -51,7 +52,7 @@ def export_model_dir(model_dir: str, output_dir: str, step: int | None = None, p
         raise ValueError(f"--part {part!r}: a {family.name} model has parts {list(converter.PARTS)}")
     keys = family.make_encoder(stored.config, part).param_keys if part in family.encoder.PARTS else None
     params, step = restore_params(model_dir, stored, keys, step)
-    split = tuple(getattr(converter, "SPLIT_PARTS", ()))
+    split = split_parts(converter)
     layout = {name: name for name in split} if part == converter.PARTS[0] and split else {"": part}
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)

@@ -47,7 +47,7 @@ def load_hf_dir(directory: str, inference: bool = False, part: str | None = None
     family = families.for_hf_config(hf_config, os.path.join(directory, CONFIG))
     converter = family.converter
     state_dict = load_hf_state_dict(directory)
-    held = converter.hf_part(hf_config, state_dict) if _split_parts(converter) else None
+    held = converter.hf_part(hf_config, state_dict) if split_parts(converter) else None
     if inference:
         part = family.encoder_part(part or held)
         if held is not None and part != held:
@@ -64,7 +64,8 @@ def load_hf_dir(directory: str, inference: bool = False, part: str | None = None
     return HFModel(family, config, params, vocabulary, part)
 
 
-def _split_parts(converter) -> tuple[str, ...]:
+def split_parts(converter) -> tuple[str, ...]:
+    """The parts a family stores one Hugging Face directory each (none for most families)."""
     return tuple(getattr(converter, "SPLIT_PARTS", ()))
 
 
@@ -84,7 +85,7 @@ def _load_split(directory: str, inference: bool, part: str | None, overrides: di
     family = families.for_hf_config(load_hf_config(os.path.join(directory, found[0])),
                                     os.path.join(directory, found[0], CONFIG))
     converter = family.converter
-    parts = _split_parts(converter)
+    parts = split_parts(converter)
     if not parts:
         raise FileNotFoundError(f"no Hugging Face config: {os.path.join(directory, CONFIG)} does not exist")
     if inference:
