@@ -141,12 +141,10 @@ class Checkpointer:
         try:
             metadata = self._manager.item_metadata(step)[STATE]
         except Exception as error:  # orbax raises many types for unreadable files.
-            raise CheckpointCorruptError(
-                f"checkpoint {step_dir} is corrupt or incomplete: {_describe(error)}") from error
+            raise self._corrupt(step, _describe(error)) from error
         leaves = jax.tree_util.tree_flatten_with_path(metadata)[0] if metadata is not None else []
         if not leaves:
-            raise CheckpointCorruptError(
-                f"checkpoint {step_dir} is corrupt or incomplete: no '{STATE}' metadata")
+            raise self._corrupt(step, f"no '{STATE}' metadata")
         return {path_to_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
     def check_matches(self, abstract_state: Any, step: int) -> None:
@@ -193,15 +191,21 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as error:
-            raise CheckpointCorruptError(
-                f"checkpoint {self.step_directory(step)} is corrupt or incomplete: "
-                f"{_describe(error)}") from error
+            raise self._corrupt(step, _describe(error)) from error
         input_position = restored[INPUT_POSITION]
         if input_position is None:
-            raise CheckpointCorruptError(
-                f"checkpoint {self.step_directory(step)} is corrupt or incomplete: "
-                f"no '{INPUT_POSITION}'")
+            raise self._corrupt(step, f"no '{INPUT_POSITION}'")
         return restored[STATE], dict(input_position)
+
+    def _corrupt(self, step: int, cause: str) -> CheckpointCorruptError:
+        """The error for an unreadable step, with the way to go on: from the latest finished
+        step before it (it once ended in a TensorStore repr alone)."""
+        earlier = [s for s in self.all_steps() if s < step]
+        hint = ("no earlier checkpoint is kept: start again in a new MODEL_DIR" if not earlier else
+                f"the previous checkpoint, step {earlier[-1]}, is finished: move {self.step_directory(step)} "
+                "out of MODEL_DIR to resume from it")
+        return CheckpointCorruptError(f"checkpoint {self.step_directory(step)} is corrupt or incomplete: "
+                                      f"{cause}; {hint}")
 
 
 def _jax_preemption_service_active() -> bool:

@@ -130,26 +130,38 @@ def test_mismatched_model_gives_a_one_line_error_naming_the_key(tmp_path, fsdp):
 
 def test_corrupt_checkpoint_gives_a_one_line_error_naming_the_step(tmp_path, fsdp):
     state, abstract = make_state(fsdp)
+
+    def damage(step_dir):  # the array data, keeping the directory structure
+        data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+        assert data_files
+        for path in data_files:
+            path.write_bytes(b"not a checkpoint")
+
+    def restore_error(directory):
+        with checkpointer_for(directory) as checkpointer:
+            with pytest.raises(checkpoints.CheckpointCorruptError) as error:
+                checkpointer.restore(abstract)
+        assert one_line(error) and str(directory / "4") in str(error.value)
+        return str(error.value)
+
     with checkpointer_for(tmp_path) as checkpointer:
+        checkpointer.save_now(2, state, {"batches_consumed": 2})
         checkpointer.save_now(4, state, {"batches_consumed": 4})
-    # Damage the array data, keeping the directory structure.
-    data_files = [p for p in (tmp_path / "4" / "state").rglob("*")
-                  if p.is_file() and p.parent.name == "d"]
-    assert data_files
-    for path in data_files:
-        path.write_bytes(b"not a checkpoint")
-    with checkpointer_for(tmp_path) as checkpointer:
-        with pytest.raises(checkpoints.CheckpointCorruptError) as error:
-            checkpointer.restore(abstract)
-    assert one_line(error) and str(tmp_path / "4") in str(error.value)
+    damage(tmp_path / "4")
+    # It says which step to go on from, and how (it once ended in a TensorStore repr alone).
+    assert (f"the previous checkpoint, step 2, is finished: move {tmp_path / '4'} out of MODEL_DIR "
+            "to resume from it") in restore_error(tmp_path)
 
     # A step directory whose state item vanished entirely.
     for path in sorted((tmp_path / "4" / "state").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
-    with checkpointer_for(tmp_path) as checkpointer:
-        with pytest.raises(checkpoints.CheckpointCorruptError) as error:
-            checkpointer.restore(abstract)
-    assert one_line(error) and str(tmp_path / "4") in str(error.value)
+    restore_error(tmp_path)
+
+    alone = tmp_path / "alone"  # the only checkpoint is the damaged one
+    with checkpointer_for(alone) as checkpointer:
+        checkpointer.save_now(4, state, {"batches_consumed": 4})
+    damage(alone / "4")
+    assert "no earlier checkpoint is kept: start again in a new MODEL_DIR" in restore_error(alone)
 
 
 def test_restore_without_checkpoint_and_bad_input_position(tmp_path, fsdp):
