@@ -11,8 +11,6 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 SAMPLE := data/sample/uniprot_sample.fasta.gz
 
-export TF_CPP_MIN_LOG_LEVEL := 2
-
 .PHONY: install system-deps demo test benchmark clean
 
 install: $(STAMP)

@@ -22,14 +22,12 @@ import os
 import sys
 from typing import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import tensorflow as tf
 
-import gin  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from prottrans_jax import checkpoints, distributed  # noqa: E402
-from prottrans_jax.errors import first_line  # noqa: E402
-from prottrans_jax.training import train  # noqa: E402
+from prottrans_jax import checkpoints, distributed
+from prottrans_jax.errors import first_line
+from prottrans_jax.training import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,6 +9,7 @@ Importing `tasks` registers the bundled UniProtKB sample as corpus `sample`
 import os
 from pathlib import Path
 
+import prottrans_jax  # noqa: F401  (first: it quiets TensorFlow's CUDA noise on CPU machines)
 from tasks.corpus import OBJECTIVES, CorpusSource, register_corpus
 
 DEFAULT_SAMPLE_CORPUS_DIR = Path(__file__).resolve().parents[1] / "runs" / "demo" / "corpus"

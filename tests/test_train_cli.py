@@ -228,3 +228,12 @@ def test_an_incomplete_or_damaged_corpus_is_a_one_line_error(corpus, tmp_path, c
     assert "stats.json: not a complete stats.json (JSONDecodeError" in line
     line = run_on("truncated_shard", lambda d: cut_in_half(d / "train.tfrecord-00000-of-00001"))
     assert "a corpus shard is truncated or corrupt" in line
+
+
+def test_a_machine_without_a_gpu_shows_no_cuda_noise(tmp_path):
+    """`E0000 ... failed call to cuInit` once printed on every command of a CPU machine."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = "import prottrans_jax, tensorflow as tf; print([int(x) for x in tf.data.Dataset.range(2)])"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip() == "[0, 1]", result.stderr
+    assert "cuInit" not in result.stderr, result.stderr
