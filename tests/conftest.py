@@ -34,6 +34,23 @@ ONE_DEVICE = ["--gin.Partitioner.devices=@first_devices()", "--gin.first_devices
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "uniprot_sample.fasta.gz"
 
 
+def numpy_state_dict(model) -> dict:
+    """A PyTorch model's state_dict as numpy arrays (what the converters read)."""
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def framed_tokens(length: int, lengths, vocab_size: int = 30, seed: int = 0):
+    """Padded rows of `[CLS] random residues [SEP]` (ids 2 and 3, residues from 5) of the given
+    lengths: inputs for the BERT-like families' parity tests."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((len(lengths), length), np.int32)
+    for row, n in enumerate(lengths):
+        tokens[row, :n] = [2, *rng.integers(5, vocab_size, n - 2), 3]
+    return tokens
+
+
 @pytest.fixture(autouse=True)
 def _fresh_gin_config():
     """gin bindings are process-global: a test that runs the trainer must not leak its

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from prottrans_jax import inference
-from tests.conftest import random_hf_model, save_hf_dir, write_model_dir
+from tests.conftest import numpy_state_dict, random_hf_model, save_hf_dir, write_model_dir
 
 MAX_LENGTH = 40  # proteins above it are embedded alone
 MAX_TOKENS = 160  # several batches, and partial last batches, for the FASTA below
@@ -149,7 +149,7 @@ def test_resume_after_an_interruption_gives_the_same_file(embed, setup, referenc
 
 def test_model_dir_gives_the_same_embeddings_as_the_hf_directory(embed, setup, reference, tmp_path):
     _, model, _, fasta = setup
-    state_dict = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    state_dict = numpy_state_dict(model)
     write_model_dir(tmp_path / "model", state_dict)
     out = str(tmp_path / "from_model_dir.h5")
     summary = embed.embed_fasta_to_h5(fasta, out, model_dir=str(tmp_path / "model"), per_residue=False,

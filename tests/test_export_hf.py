@@ -17,7 +17,7 @@ from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.convert.t5 import config_from_hf
 from prottrans_jax.models.t5 import T5
 from prottrans_jax.vocab import prot_t5_vocabulary
-from tests.conftest import HF_TINY, random_hf_model, write_model_dir
+from tests.conftest import HF_TINY, numpy_state_dict, random_hf_model, write_model_dir
 
 @pytest.fixture(scope="module")
 def hf_model():
@@ -27,7 +27,7 @@ def hf_model():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, hf_model):
     path = tmp_path_factory.mktemp("model_dir")
-    state_dict = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    state_dict = numpy_state_dict(hf_model)
     write_model_dir(path, state_dict)
     return str(path), state_dict
 

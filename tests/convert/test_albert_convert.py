@@ -17,7 +17,7 @@ from prottrans_jax.convert.hf_dir import load_hf_dir
 from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.models.albert import AlbertMLMModel
 from prottrans_jax.vocab import prot_albert_vocabulary
-from tests.conftest import random_hf_albert
+from tests.conftest import numpy_state_dict, random_hf_albert
 
 # The keys of Rostlab/prot_albert's config.json (families-spec.md section 3.1), tiny sizes:
 # no model_type, TF-ALBERT leftovers.
@@ -29,13 +29,9 @@ RELEASED_STYLE = {"attention_probs_dropout_prob": 0, "hidden_act": "gelu", "hidd
                   "vocab_size": 34}
 
 
-def state_dict_of(model) -> dict:
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
-
-
 def converted(head="pretraining", seed=0, **overrides):
     hf_model = random_hf_albert(head, seed)
-    state_dict = state_dict_of(hf_model)
+    state_dict = numpy_state_dict(hf_model)
     config = albert_convert.config_from_hf(hf_model.config.to_dict(), state_dict, dtype="float32", **overrides)
     return state_dict, config, albert_convert.hf_to_flax(state_dict, config)
 

@@ -15,15 +15,11 @@ from prottrans_jax.convert import bert as bert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.models.bert import BertMLMModel
 from prottrans_jax.vocab import prot_bert_vocabulary
-from tests.conftest import random_hf_bert, write_family_model_dir
-
-
-def state_dict_of(model) -> dict:
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+from tests.conftest import numpy_state_dict, random_hf_bert, write_family_model_dir
 
 
 def converted(head="pretraining", seed=0, **overrides):
-    state_dict = state_dict_of(random_hf_bert(head, seed))
+    state_dict = numpy_state_dict(random_hf_bert(head, seed))
     config = bert_convert.config_from_hf(random_hf_bert(head, seed).config.to_dict(), state_dict,
                                          dtype="float32", **overrides)
     return state_dict, config, bert_convert.hf_to_flax(state_dict, config)

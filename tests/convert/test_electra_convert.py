@@ -15,20 +15,16 @@ from prottrans_jax.convert import electra as electra_convert
 from prottrans_jax.convert.hf_dir import load_hf_dir
 from prottrans_jax.convert.hf_io import load_hf_state_dict
 from prottrans_jax.models.electra import Electra
-from tests.conftest import random_hf_electra, write_family_model_dir
+from tests.conftest import numpy_state_dict, random_hf_electra, write_family_model_dir
 
 CLOSE = dict(rtol=1e-5, atol=1e-5)
-
-
-def hf_state_dict(model) -> dict:
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_hf_to_flax_to_hf_is_exact_for_each_tower(scan):
     models = random_hf_electra(seed=0)
     for tower, model in models.items():
-        state_dict = hf_state_dict(model)
+        state_dict = numpy_state_dict(model)
         config = electra_convert.config_from_hf(model.config.to_dict(), state_dict, scan_layers=scan)
         assert electra_convert.hf_part(model.config.to_dict(), state_dict) == tower
         back = electra_convert.flax_to_hf(electra_convert.hf_to_flax(state_dict, config, tower), config, tower)
@@ -63,7 +59,7 @@ def test_released_files_may_hold_more_than_their_parameters(tmp_path):
     """The released HF files are larger than their parameters: keys outside ELECTRA's own
     prefixes are ignored; inside them, an unknown key is still an error naming it."""
     model = random_hf_electra(seed=1)["discriminator"]
-    state_dict = hf_state_dict(model)
+    state_dict = numpy_state_dict(model)
     config = electra_convert.config_from_hf(model.config.to_dict(), state_dict)
     extra = {**state_dict, "optimizer.step": np.zeros(1), "electra.embeddings.position_ids": np.arange(4)}
     params = electra_convert.hf_to_flax(extra, config, "discriminator")
@@ -92,7 +88,7 @@ def test_export_writes_both_towers_that_transformers_loads_and_round_trips(tiny_
         config = json.loads((out / tower / "config.json").read_text())
         assert config["architectures"] == [cls.__name__]
         exported = load_hf_state_dict(str(out / tower))
-        expected = hf_state_dict(original[tower])
+        expected = numpy_state_dict(original[tower])
         for key, value in exported.items():  # HF -> ours -> HF through the files: bit for bit
             np.testing.assert_array_equal(value, expected[key], err_msg=key)
         reloaded = cls.from_pretrained(str(out / tower), attn_implementation="eager").eval()

@@ -16,6 +16,7 @@ from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict, save
 from prottrans_jax.convert.t5 import config_from_hf, flax_to_hf, hf_config_from, hf_to_flax, load_hf_t5
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.t5 import T5, T5Config, abstract_variables, shift_right
+from tests.conftest import numpy_state_dict
 
 # Same dimensions and batch shapes as tests/models/test_t5.py (shared eager op cache).
 HF_BASE = dict(
@@ -37,7 +38,7 @@ def random_hf_state_dict(feed_forward: str, tied: bool, encoder_only: bool = Fal
     model = model_cls(hf_config)
     if not tied and not encoder_only:
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return numpy_state_dict(model)
 
 
 def random_params(config: T5Config, seed: int = 0) -> dict:

@@ -14,26 +14,14 @@ from prottrans_jax.convert import albert as albert_convert
 from prottrans_jax.models.albert import Albert, AlbertConfig, AlbertMLMModel
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.layers import count_params
-from tests.conftest import random_hf_albert
+from tests.conftest import framed_tokens, numpy_state_dict, random_hf_albert
 
 LENGTH = 20
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-def state_dict_of(model) -> dict:
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
-
-
-def padded_tokens(lengths, vocab_size=30, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((len(lengths), LENGTH), np.int32)
-    for row, n in enumerate(lengths):
-        tokens[row, :n] = [2, *rng.integers(5, vocab_size, n - 2), 3]  # [CLS] residues [SEP]
-    return tokens
-
-
 def ours(hf_model, **overrides):
-    state_dict = state_dict_of(hf_model)
+    state_dict = numpy_state_dict(hf_model)
     config = albert_convert.config_from_hf(hf_model.config.to_dict(), state_dict, dtype="float32", **overrides)
     return config, albert_convert.hf_to_flax(state_dict, config)
 
@@ -51,7 +39,7 @@ def test_pretraining_logits_and_hidden_states_match_hf(hidden_act, scan):
     hf_model = random_hf_albert("pretraining", hidden_act=hidden_act)
     config, params = ours(hf_model, scan_layers=scan)
     assert config.pretraining_heads and config.hidden_act == ("gelu" if hidden_act == "gelu" else "gelu_tanh")
-    tokens = padded_tokens([LENGTH, 12, 7])
+    tokens = framed_tokens(LENGTH, [LENGTH, 12, 7])
     token_types = np.zeros_like(tokens)
     token_types[0, 10:] = 1  # a sentence pair in the first row
     out = hf_outputs(hf_model, tokens, token_types)
@@ -68,14 +56,14 @@ def test_masked_lm_checkpoint_matches_hf_masked_lm_and_albert_model():
     hf_model = random_hf_albert("mlm", seed=1)
     config, params = ours(hf_model)
     assert not config.pretraining_heads and "pooler" not in params and "sop" not in params
-    tokens = padded_tokens([LENGTH, 9], seed=1)
+    tokens = framed_tokens(LENGTH, [LENGTH, 9], seed=1)
     out = hf_outputs(hf_model, tokens)
     logits = AlbertMLMModel(config).logits(params, {"encoder_input_tokens": tokens})
     valid = tokens != 0
     np.testing.assert_allclose(np.asarray(logits)[valid], out.logits.numpy()[valid], **TOLERANCE)
     # AlbertModel: the encoder alone, its checkpoint without the `albert.` prefix (the pooler ignored).
     bare = random_hf_albert("model", seed=2)
-    encoder_params = albert_convert.hf_to_flax(state_dict_of(bare), config, "encoder")
+    encoder_params = albert_convert.hf_to_flax(numpy_state_dict(bare), config, "encoder")
     assert set(encoder_params) == {"embeddings", "encoder"}
     expected = hf_outputs(bare, tokens).last_hidden_state.numpy()
     family = families.get("prot_albert")
@@ -93,7 +81,7 @@ def test_layer_groups_follow_hf_group_index(layers, groups, inner, scan):
     assert config.group_uses == {6: (2, 2, 2), 5: (3, 2)}[layers]
     assert sorted(params["encoder"]) == ["embedding_hidden_mapping_in", *[f"groups_{g}" for g in range(groups)]]
     assert sorted(params["encoder"]["groups_0"]) == [f"layers_{j}" for j in range(inner)]
-    tokens = padded_tokens([LENGTH, 11], seed=3)
+    tokens = framed_tokens(LENGTH, [LENGTH, 11], seed=3)
     out = hf_outputs(hf_model, tokens)
     mlm, sop = Albert(config).apply({"params": params}, tokens)
     valid = tokens != 0
@@ -115,7 +103,7 @@ def test_shared_parameters_are_stored_once_whatever_the_depth():
 
 def test_packed_proteins_equal_proteins_alone():
     config, params = ours(random_hf_albert("mlm", seed=4), scan_layers=True)
-    a, b = padded_tokens([9], seed=4)[0, :9], padded_tokens([7], seed=5)[0, :7]
+    a, b = framed_tokens(LENGTH, [9], seed=4)[0, :9], framed_tokens(LENGTH, [7], seed=5)[0, :7]
     packed = np.zeros((1, LENGTH), np.int32)
     packed[0, :9], packed[0, 9:16] = a, b
     segments = np.zeros_like(packed)
@@ -131,7 +119,7 @@ def test_packed_proteins_equal_proteins_alone():
 
 def test_scan_and_remat_give_the_loss_and_gradients_of_the_plain_loop():
     config, params = ours(random_hf_albert("mlm", seed=5))
-    batch = {"encoder_input_tokens": padded_tokens([LENGTH, 11], seed=5)}
+    batch = {"encoder_input_tokens": framed_tokens(LENGTH, [LENGTH, 11], seed=5)}
     weights = (batch["encoder_input_tokens"] > 4).astype(np.int32)
     batch.update(encoder_target_tokens=batch["encoder_input_tokens"], encoder_loss_weights=weights,
                  encoder_masked_weights=weights)

@@ -13,25 +13,13 @@ from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
 from prottrans_jax.models.bert import Bert, BertConfig, BertMLMModel
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.layers import count_params
-from tests.conftest import random_hf_bert
+from tests.conftest import framed_tokens, numpy_state_dict, random_hf_bert
 
 LENGTH = 20
 
 
-def state_dict_of(model) -> dict:
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
-
-
-def padded_tokens(lengths, vocab_size=30, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((len(lengths), LENGTH), np.int32)
-    for row, n in enumerate(lengths):
-        tokens[row, :n] = [2, *rng.integers(5, vocab_size, n - 2), 3]  # [CLS] residues [SEP]
-    return tokens
-
-
 def ours(hf_model, **overrides):
-    state_dict = state_dict_of(hf_model)
+    state_dict = numpy_state_dict(hf_model)
     config = bert_convert.config_from_hf(hf_model.config.to_dict(), state_dict, dtype="float32", **overrides)
     return config, bert_convert.hf_to_flax(state_dict, config)
 
@@ -41,7 +29,7 @@ def test_pretraining_logits_and_hidden_states_match_hf(hidden_act, scan):
     hf_model = random_hf_bert("pretraining", hidden_act=hidden_act)
     config, params = ours(hf_model, scan_layers=scan)
     assert config.pretraining_heads and config.hidden_act == ("gelu" if hidden_act == "gelu" else "gelu_tanh")
-    tokens = padded_tokens([LENGTH, 12, 7])
+    tokens = framed_tokens(LENGTH, [LENGTH, 12, 7])
     token_types = np.zeros_like(tokens)
     token_types[0, 10:] = 1  # a sentence pair in the first row
     with torch.no_grad():
@@ -63,7 +51,7 @@ def test_masked_lm_checkpoint_matches_hf_masked_lm_and_bert_model():
     hf_model = random_hf_bert("mlm", seed=1)
     config, params = ours(hf_model)
     assert not config.pretraining_heads and "pooler" not in params
-    tokens = padded_tokens([LENGTH, 9], seed=1)
+    tokens = framed_tokens(LENGTH, [LENGTH, 9], seed=1)
     with torch.no_grad():
         out = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
                        attention_mask=torch.tensor(tokens != 0, dtype=torch.long), output_hidden_states=True)
@@ -72,7 +60,7 @@ def test_masked_lm_checkpoint_matches_hf_masked_lm_and_bert_model():
     np.testing.assert_allclose(np.asarray(logits)[valid], out.logits.numpy()[valid], rtol=1e-5, atol=1e-5)
     # BertModel: the encoder alone, its checkpoint without the `bert.` prefix.
     bare = random_hf_bert("model", seed=2)
-    encoder_params = bert_convert.hf_to_flax(state_dict_of(bare), config, "encoder")
+    encoder_params = bert_convert.hf_to_flax(numpy_state_dict(bare), config, "encoder")
     assert set(encoder_params) == {"embeddings", "encoder"}
     with torch.no_grad():
         expected = bare(input_ids=torch.tensor(tokens, dtype=torch.long),
@@ -83,7 +71,7 @@ def test_masked_lm_checkpoint_matches_hf_masked_lm_and_bert_model():
 
 def test_packed_proteins_equal_proteins_alone():
     config, params = ours(random_hf_bert("mlm", seed=3))
-    a, b = padded_tokens([9], seed=4)[0, :9], padded_tokens([7], seed=5)[0, :7]
+    a, b = framed_tokens(LENGTH, [9], seed=4)[0, :9], framed_tokens(LENGTH, [7], seed=5)[0, :7]
     packed = np.zeros((1, LENGTH), np.int32)
     packed[0, :9], packed[0, 9:16] = a, b
     segments = np.zeros_like(packed)
@@ -153,7 +141,7 @@ def test_bfloat16_compute_with_scan_and_remat_tracks_float32():
     import jax.numpy as jnp
 
     config, params = ours(random_hf_bert("mlm", seed=6))
-    batch = {"encoder_input_tokens": padded_tokens([LENGTH, 11], seed=6)}
+    batch = {"encoder_input_tokens": framed_tokens(LENGTH, [LENGTH, 11], seed=6)}
     weights = (batch["encoder_input_tokens"] > 4).astype(np.int32)
     batch.update(encoder_target_tokens=batch["encoder_input_tokens"], encoder_loss_weights=weights,
                  encoder_masked_weights=weights)
@@ -165,7 +153,7 @@ def test_bfloat16_compute_with_scan_and_remat_tracks_float32():
 
     loss, grads = loss_and_grads(config, params)
     fast = dataclasses.replace(config, dtype="bfloat16", scan_layers=True, remat_policy="full")
-    stacked = bert_convert.hf_to_flax(state_dict_of(random_hf_bert("mlm", seed=6)), fast)
+    stacked = bert_convert.hf_to_flax(numpy_state_dict(random_hf_bert("mlm", seed=6)), fast)
     assert stacked["encoder"]["layers"]["mlp"]["wi"]["kernel"].dtype == np.float32
     fast_loss, fast_grads = loss_and_grads(fast, jax.tree.map(jnp.asarray, stacked))
     np.testing.assert_allclose(float(fast_loss), float(loss), rtol=2e-2)

@@ -14,23 +14,15 @@ from prottrans_jax.models.electra import Electra, ElectraConfig, ElectraPretrain
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.layers import count_params
 from prottrans_jax.partitioning import unbox_shapes
-from tests.conftest import random_hf_electra
+from tests.conftest import framed_tokens, numpy_state_dict, random_hf_electra
 
 LENGTH = 20
 CLOSE = dict(rtol=1e-5, atol=1e-5)
 
 
 def state_dicts(models) -> dict:
-    return {tower: (model.config.to_dict(), {k: v.detach().numpy() for k, v in model.state_dict().items()})
+    return {tower: (model.config.to_dict(), numpy_state_dict(model))
             for tower, model in models.items()}
-
-
-def padded_tokens(lengths, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((len(lengths), LENGTH), np.int32)
-    for row, n in enumerate(lengths):
-        tokens[row, :n] = [2, *rng.integers(5, 30, n - 2), 3]  # [CLS] residues [SEP]
-    return tokens
 
 
 def torch_outputs(model, tokens):
@@ -45,7 +37,7 @@ def test_both_towers_match_hf_logits_and_hidden_states(scan):
     config, params = electra_convert.merge_parts(state_dicts(models), dtype="float32", scan_layers=scan)
     assert config.generator_hidden_size == 16 and config.hidden_size == 32 and config.embedding_size == 32
     assert "projection" in params["generator"] and "projection" not in params["discriminator"]
-    tokens = padded_tokens([LENGTH, 13, 6])
+    tokens = framed_tokens(LENGTH, [LENGTH, 13, 6])
     valid = tokens != 0
     model = Electra(config)
     for tower, logits_method in (("discriminator", Electra.discriminator_logits),
@@ -71,7 +63,7 @@ def test_the_towers_share_one_embedding_table_and_nothing_else():
 def test_packed_proteins_equal_proteins_alone():
     models = random_hf_electra(seed=1)
     config, params = electra_convert.merge_parts(state_dicts(models), dtype="float32")
-    a, b = padded_tokens([9], seed=2)[0, :9], padded_tokens([7], seed=3)[0, :7]
+    a, b = framed_tokens(LENGTH, [9], seed=2)[0, :9], framed_tokens(LENGTH, [7], seed=3)[0, :7]
     packed = np.zeros((1, LENGTH), np.int32)
     packed[0, :16] = np.concatenate([a, b])
     segments = np.zeros_like(packed)

@@ -15,6 +15,7 @@ from prottrans_jax.models.attention import relative_position_bucket
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.layers import count_params
 from prottrans_jax.models.t5 import T5, T5Config, abstract_variables, shift_right
+from tests.conftest import numpy_state_dict
 
 # Short max distance so that sequences of ~20 tokens reach the logarithmic buckets too.
 HF_BASE = dict(
@@ -41,10 +42,6 @@ def random_hf_t5(feed_forward: str, tied: bool, seed: int = 0):
             if "layer_norm" in name:
                 p.uniform_(0.5, 1.5)
     return model
-
-
-def state_dict_of(model) -> dict:
-    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
 def padded_batch(rng: np.random.Generator, length: int, lengths: list[int]) -> np.ndarray:
@@ -90,7 +87,7 @@ def test_relative_position_bucket_matches_hf(bidirectional, num_buckets, max_dis
 def test_logits_and_encoder_match_hf_t5(feed_forward, tied, scan, batch):
     inputs, targets = batch
     hf_model = random_hf_t5(feed_forward, tied)
-    state_dict = state_dict_of(hf_model)
+    state_dict = numpy_state_dict(hf_model)
     config = config_from_hf(hf_model.config.to_dict(), state_dict, dtype="float32", scan_layers=scan)
     assert config.tie_word_embeddings == tied and config.scales_decoder_outputs == tied
     params = hf_to_flax(state_dict, config)
@@ -119,7 +116,7 @@ def test_encoder_only_checkpoint_matches_hf_t5_encoder_model(feed_forward, batch
     torch.manual_seed(1)
     hf_config = transformers.T5Config(**HF_BASE, feed_forward_proj=feed_forward)
     hf_model = transformers.T5EncoderModel(hf_config).eval()
-    state_dict = state_dict_of(hf_model)
+    state_dict = numpy_state_dict(hf_model)
     assert not any(k.startswith("decoder.") for k in state_dict)
     config = config_from_hf(hf_model.config.to_dict(), state_dict, dtype="float32")
     params = hf_to_flax(state_dict, config)
