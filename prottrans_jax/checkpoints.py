@@ -25,14 +25,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import UserError, first_line
 from prottrans_jax.partitioning import path_to_name
 
 STATE = "state"
 INPUT_POSITION = "input_position"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """The checkpoint's tree or shapes differ from the model being trained."""
 
 

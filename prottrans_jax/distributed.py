@@ -32,6 +32,8 @@ import os
 
 import jax
 
+from prottrans_jax.errors import UserError
+
 # PCI vendor id of Google's TPU chips (what JAX itself looks for to detect a TPU VM).
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -69,7 +71,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     given = [coordinator_address is not None, num_processes is not None, process_id is not None]
     if any(given):
         if not all(given):
-            raise ValueError("give all of --coordinator_address, --num_processes and "
+            raise UserError("give all of --coordinator_address, --num_processes and "
                              "--process_id, or none of them")
         host = coordinator_address.rsplit(":", 1)[0]
         bind_address = coordinator_address if host in _LOOPBACK_HOSTS else None

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.fasta import FastaStats, read_fasta
 from prottrans_jax.inference import (DEFAULT_MAX_LENGTH, DEFAULT_MAX_TOKENS, DTYPES, OutOfMemoryError,
                                      Protein, embed_sequences, load_for_inference, replicated_sharding)
@@ -92,7 +92,7 @@ class H5Output:
             stored = f.attrs.get(key)
             stored = stored.decode() if isinstance(stored, bytes) else stored
             if stored != value:
-                raise ValueError(f"{self.path} holds embeddings with {key}={stored!r}, this run has {value!r}: "
+                raise UserError(f"{self.path} holds embeddings with {key}={stored!r}, this run has {value!r}: "
                                  "resuming would mix them; choose another --output")
 
     def write(self, items: Iterable[tuple[Protein, np.ndarray]]) -> None:
@@ -150,10 +150,10 @@ def read_proteins(fasta_path: str, policy: str = "error") -> tuple[list[Protein]
     names: dict[str, str] = {}
     for protein in proteins:
         if protein.name in RESERVED_NAMES:  # HDF5's own "." and this file's staging group
-            raise ValueError(f"{fasta_path}: FASTA id {protein.id!r} cannot name an HDF5 dataset "
+            raise UserError(f"{fasta_path}: FASTA id {protein.id!r} cannot name an HDF5 dataset "
                              f"({RESERVED_NAMES[protein.name]}); rename it")
         if names.setdefault(protein.name, protein.id) != protein.id:
-            raise ValueError(f"FASTA ids {names[protein.name]!r} and {protein.id!r} both become dataset "
+            raise UserError(f"FASTA ids {names[protein.name]!r} and {protein.id!r} both become dataset "
                              f"{protein.name!r} ('/' is replaced by '_'); rename one")
     return proteins, stats
 
@@ -170,12 +170,12 @@ def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None =
     batch is written (used by tests to simulate an interruption).
     """
     if not per_residue and not per_protein:
-        raise ValueError("nothing to write: ask for per_residue and/or per_protein embeddings")
+        raise UserError("nothing to write: ask for per_residue and/or per_protein embeddings")
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
+        raise UserError(f"dtype {dtype!r}: expected one of {DTYPES}")
     for name, value in (("max_tokens", max_tokens), ("max_length", max_length)):
         if value is not None and value <= 0:
-            raise ValueError(f"--{name} must be positive, got {value}")
+            raise UserError(f"--{name} must be positive, got {value}")
     # Read first: a FASTA error should not wait for a model to load.
     proteins, stats = read_proteins(fasta_path, policy)
     model = load_for_inference(model_dir, hf_model, dtype, sharding=replicated_sharding(), part=part)
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     per_residue=per_residue, per_protein=args.per_protein, dtype=args.dtype,
                                     max_tokens=args.max_tokens, max_length=args.max_length, policy=args.policy,
                                     progress=not args.no_progress, part=args.part)
-    except (ValueError, OSError, OutOfMemoryError) as err:  # FastaError is a ValueError
+    except (*USER_ERRORS, OutOfMemoryError) as err:
         if args.debug:
             raise
         print(f"error: {first_line(err)}", file=sys.stderr)

@@ -1,14 +1,23 @@
 """The one-line error convention of every command, in one place.
 
-User mistakes (a bad flag or binding, a missing file, a directory of another family) are
-reported as `error: <one line>` and a non-zero exit; real bugs keep their traceback.
+User mistakes (a bad flag or binding, a missing or damaged file, a directory of another
+family) raise `UserError` (or an OSError from the file system) and are reported as
+`error: <one line>` with a non-zero exit. Every other exception is a bug in this project or
+a library, and keeps its traceback: a bare ValueError is not taken for the user's fault.
 """
 
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot work; reported as one line, exit code 1."""
+class UserError(ValueError):
+    """A mistake in what the user gave (configuration, flags, input files); one line, exit 1.
+
+    A ValueError, so that callers (and tests) that expect one still catch it.
+    """
+
+
+# What every command reports as one line; anything else keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 
 
 def first_line(error: BaseException, max_chars: int | None = None) -> str:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 from prottrans_jax.convert.hf_dir import split_parts
 from prottrans_jax.convert.hf_io import CONFIG, save_hf_model
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.model_dir import read_model, restore_params
 
 
@@ -49,7 +49,7 @@ def export_model_dir(model_dir: str, output_dir: str, step: int | None = None, p
     family, converter = stored.family, stored.family.converter
     part = part or converter.PARTS[0]
     if part not in converter.PARTS:
-        raise ValueError(f"--part {part!r}: a {family.name} model has parts {list(converter.PARTS)}")
+        raise UserError(f"--part {part!r}: a {family.name} model has parts {list(converter.PARTS)}")
     keys = family.make_encoder(stored.config, part).param_keys if part in family.encoder.PARTS else None
     params, step = restore_params(model_dir, stored, keys, step)
     split = split_parts(converter)
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = export_model_dir(args.model_dir, args.output, args.step,
                                    "encoder" if args.encoder_only else args.part, args.overwrite)
-    except (ValueError, OSError) as err:
+    except USER_ERRORS as err:
         if args.debug:
             raise
         print(f"error: {first_line(err)}", file=sys.stderr)

@@ -40,6 +40,7 @@ import gin
 import jax
 import numpy as np
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import ProteinVocabulary
 
 
@@ -93,7 +94,7 @@ class Family:
         if part is None:
             return parts[0]
         if part not in parts:
-            raise ValueError(f"--part {part!r}: a {self.name} model embeds with {' or '.join(parts)}")
+            raise UserError(f"--part {part!r}: a {self.name} model embeds with {' or '.join(parts)}")
         return part
 
     def make_encoder(self, config: Any, part: str | None = None) -> Encoder:
@@ -107,7 +108,7 @@ class Family:
         fields = {f.name for f in dataclasses.fields(self.config_cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise ValueError(f"{self.config_cls.__name__} has no field {unknown[0]!r}")
+            raise UserError(f"{self.config_cls.__name__} has no field {unknown[0]!r}")
         return self.config_cls(**{**values, **overrides})
 
 
@@ -141,7 +142,7 @@ def all_families() -> dict[str, Family]:
 def get(name: str) -> Family:
     families = all_families()
     if name not in families:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(families)}")
+        raise UserError(f"unknown model family {name!r}; known: {sorted(families)}")
     return families[name]
 
 
@@ -158,5 +159,5 @@ def for_hf_config(hf_config: Mapping[str, Any], where: str) -> Family:
         if len(matches) == 1:
             return matches[0]
     known = sorted(t for f in families for t in f.hf_model_types)
-    raise ValueError(f"{where}: model_type {model_type!r} is not a family this project reads "
+    raise UserError(f"{where}: model_type {model_type!r} is not a family this project reads "
                      f"(known: {known})")

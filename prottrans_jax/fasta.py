@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import PROTEIN_ALPHABET
 
 Policy = Literal["error", "skip"]
@@ -38,7 +39,7 @@ _INVALID = re.compile(f"[^{PROTEIN_ALPHABET}{PROTEIN_ALPHABET.lower()}*]")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class FastaError(ValueError):
+class FastaError(UserError):
     """A malformed FASTA input; the message reads "FILE:LINE: what is wrong"."""
 
 
@@ -181,7 +182,7 @@ def read_fasta(path: str | Path, policy: Policy = "error",
     copy is the one reported or dropped).
     """
     if policy not in POLICIES:
-        raise ValueError(f"unknown FASTA policy {policy!r}; choose one of {POLICIES}")
+        raise UserError(f"unknown FASTA policy {policy!r}; choose one of {POLICIES}")
     path = Path(path)
     if not path.is_file():
         raise FastaError(f"{path}: no such file")

@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prottrans_jax import families, model_dir as model_dir_lib
+from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import ProteinVocabulary
 
 DEFAULT_MAX_LENGTH = 1000  # prott5_embedder.py: longer sequences are embedded one at a time
@@ -92,10 +93,10 @@ def load_for_inference(model_dir: str | None = None, hf_model: str | None = None
     HF directory of any registered family; `part`: which of the family's encoder parts
     (ELECTRA: discriminator, the default, or generator)."""
     if (model_dir is None) == (hf_model is None):
-        raise ValueError("give exactly one of model_dir / hf_model")
+        raise UserError("give exactly one of model_dir / hf_model")
     dtype = dtype or default_dtype()
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
+        raise UserError(f"dtype {dtype!r}: expected one of {DTYPES}")
     overrides = dict(dtype=dtype, param_dtype=dtype, remat_policy="none")
     if model_dir is not None:
         stored = model_dir_lib.read_model(model_dir, **overrides)
@@ -237,7 +238,7 @@ def embed_sequences(model: InferenceModel, proteins: Sequence[Protein], *,
     max_tokens = DEFAULT_MAX_TOKENS["cpu" if on_cpu else "accelerator"] if max_tokens is None else max_tokens
     max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
     if max_tokens <= 0 or max_length <= 0:
-        raise ValueError(f"max_tokens and max_length must be positive, got {max_tokens} and {max_length}")
+        raise UserError(f"max_tokens and max_length must be positive, got {max_tokens} and {max_length}")
     devices = inference_devices()
     row_sharded = NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
     framing = model.encoder.framing(model.vocabulary)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from prottrans_jax.errors import UserError
+
 
 def cross_entropy_with_logits(logits: jax.Array, soft_targets: jax.Array,
                               z_loss: float = 0.0) -> tuple[jax.Array, jax.Array]:
@@ -42,7 +44,7 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
     logits: (..., vocab); targets: (...) int ids; weights: (...) (0 = padding).
     """
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     vocab_size = logits.shape[-1]
     confidence = 1.0 - label_smoothing
     low_confidence = label_smoothing / (vocab_size - 1)

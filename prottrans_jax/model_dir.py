@@ -23,7 +23,7 @@ from etils import epath
 
 from prottrans_jax import families
 from prottrans_jax.checkpoints import STATE, Checkpointer
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import UserError, first_line
 from prottrans_jax.partitioning import unbox_shapes
 from prottrans_jax.vocab import ProteinVocabulary
 
@@ -68,9 +68,9 @@ def read_model_json(model_dir: str) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {first_line(err)}") from None
+        raise UserError(f"cannot read {path}: {first_line(err)}") from None
     if not isinstance(data, dict) or "family" not in data or "config" not in data:
-        raise ValueError(f"{path} is not a model description (no 'family' and 'config')")
+        raise UserError(f"{path} is not a model description (no 'family' and 'config')")
     return data
 
 
@@ -85,7 +85,7 @@ def read_model(model_dir: str, **overrides: Any) -> StoredModel:
         try:
             config = family.config_from_dict(data["config"], **overrides)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{directory / MODEL_JSON}: {first_line(err)}") from None
+            raise UserError(f"{directory / MODEL_JSON}: {first_line(err)}") from None
         pieces = data.get("vocabulary")
         vocabulary = (family.converter.vocabulary_from_pieces(pieces, str(directory / MODEL_JSON))
                       if pieces else family.default_vocabulary())
@@ -112,10 +112,10 @@ def _config_from_gin_text(text: str, where: str) -> tuple[families.Family, Any]:
             gin.parse_config(bindings, skip_unknown=True)
             return family, family.config_cls()
         except Exception as err:  # gin raises ValueError, SyntaxError, TypeError...
-            raise ValueError(f"cannot read the model config from {where}: {first_line(err)}") from None
+            raise UserError(f"cannot read the model config from {where}: {first_line(err)}") from None
         finally:
             gin.clear_config()
-    raise ValueError(f"{where} binds no model config of a known family "
+    raise UserError(f"{where} binds no model config of a known family "
                      f"({', '.join(sorted(families.all_families()))})")
 
 
@@ -159,7 +159,7 @@ def restore_params(model_dir: str, stored: StoredModel, keys: Iterable[str] | No
         restored = ocp.PyTreeCheckpointer().restore(
             state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
     except Exception as err:  # orbax and tensorstore raise many types
-        raise ValueError(f"cannot restore the parameters from {state_dir} with the stored "
+        raise UserError(f"cannot restore the parameters from {state_dir} with the stored "
                          f"{stored.family.name} config: {first_line(err)}") from None
     params = restored["params"]
     for path, leaf in jax.tree_util.tree_flatten_with_path(item["params"])[0]:
@@ -167,6 +167,6 @@ def restore_params(model_dir: str, stored: StoredModel, keys: Iterable[str] | No
         for key in path:
             got = got[key.key]
         if tuple(got.shape) != tuple(leaf.shape):
-            raise ValueError(f"checkpoint {state_dir}: parameter {jax.tree_util.keystr(path)} has shape "
+            raise UserError(f"checkpoint {state_dir}: parameter {jax.tree_util.keystr(path)} has shape "
                              f"{tuple(got.shape)}, the stored model config expects {tuple(leaf.shape)}")
     return params, step

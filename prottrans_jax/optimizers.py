@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prottrans_jax.errors import UserError
+
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
 
@@ -44,7 +46,7 @@ def rsqrt_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000,
     factor), ramping from 0 instead of starting at the plateau.
     """
     if warmup_steps < 1:
-        raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+        raise UserError(f"warmup_steps must be >= 1, got {warmup_steps}")
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -62,7 +64,7 @@ def warmup_decay_schedule(peak_learning_rate: float, warmup_steps: int, total_st
     """Linear warm-up from 0 to the peak over `warmup_steps`, then linear or cosine decay to
     `end_learning_rate` at `total_steps` (BERT / ProtBert style)."""
     if not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
+        raise UserError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
     if decay == "cosine":
         return optax.warmup_cosine_decay_schedule(
             0.0, peak_learning_rate, warmup_steps, total_steps, end_learning_rate)
@@ -72,7 +74,7 @@ def warmup_decay_schedule(peak_learning_rate: float, warmup_steps: int, total_st
              optax.linear_schedule(peak_learning_rate, end_learning_rate,
                                    total_steps - warmup_steps)],
             [warmup_steps])
-    raise ValueError(f"decay must be 'linear' or 'cosine', got {decay!r}")
+    raise UserError(f"decay must be 'linear' or 'cosine', got {decay!r}")
 
 
 def _matrices_only(params: Any) -> Any:
@@ -183,7 +185,7 @@ def make_optimizer(name: str = "adafactor",
     Other keyword arguments go to the optimizer's builder (or bind them in gin).
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+        raise UserError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     if learning_rate is None:
         learning_rate = rsqrt_schedule()
     schedule = learning_rate if callable(learning_rate) else optax.constant_schedule(learning_rate)
@@ -204,7 +206,7 @@ def _split_microbatches(x: jax.Array, num_microbatches: int) -> jax.Array:
     import flax.linen as nn  # Local: optimizers otherwise need no Flax.
 
     if x.shape[0] % num_microbatches:
-        raise ValueError(f"batch size {x.shape[0]} is not divisible by "
+        raise UserError(f"batch size {x.shape[0]} is not divisible by "
                          f"num_microbatches={num_microbatches}")
     micro = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:])
     micro = jnp.swapaxes(micro, 0, 1)
@@ -234,7 +236,7 @@ def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, batch: Any,
     Microbatch i uses `jax.random.fold_in(rng, i)`.
     """
     if num_microbatches < 1:
-        raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+        raise UserError(f"num_microbatches must be >= 1, got {num_microbatches}")
     if num_microbatches == 1:
         (loss_sum, aux), grads = loss_and_grad_fn(params, batch, jax.random.fold_in(rng, 0))
     else:

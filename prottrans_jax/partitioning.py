@@ -39,6 +39,8 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prottrans_jax.errors import UserError
+
 LogicalRules = tuple[tuple[str, Any], ...]
 
 # Every logical axis name of the shared layers, in rule order (a rule set documents each).
@@ -60,7 +62,7 @@ def rules(rule_set: str, extra: Sequence[tuple[str, Any]] = ()) -> LogicalRules:
     Every rule set puts `batch` on `data`; the others are unsplit unless the set splits them.
     """
     if rule_set not in _SPLITS:
-        raise ValueError(f"unknown rule_set {rule_set!r}; choose one of {sorted(_SPLITS)}")
+        raise UserError(f"unknown rule_set {rule_set!r}; choose one of {sorted(_SPLITS)}")
     split = {"batch": "data", **_SPLITS[rule_set]}
     base = [(name, split.get(name)) for name in LOGICAL_AXES]
     overrides = {str(name): axis for name, axis in extra}
@@ -80,12 +82,12 @@ def _resolve_shape(shape: Sequence[int], num_devices: int, what: str) -> tuple[i
     """Replaces a single -1 in `shape` so that the product equals `num_devices`."""
     shape = tuple(int(d) for d in shape)
     if shape.count(-1) > 1 or any(d == 0 or d < -1 for d in shape):
-        raise ValueError(f"{what} {shape}: use positive sizes and at most one -1")
+        raise UserError(f"{what} {shape}: use positive sizes and at most one -1")
     known = math.prod(d for d in shape if d != -1)
     if -1 not in shape and known != num_devices:
-        raise ValueError(f"{what} {shape} needs {known} devices, but {num_devices} are available")
+        raise UserError(f"{what} {shape} needs {known} devices, but {num_devices} are available")
     if num_devices % known:
-        raise ValueError(f"{what} {shape} does not divide the {num_devices} devices")
+        raise UserError(f"{what} {shape} does not divide the {num_devices} devices")
     return tuple(num_devices // known if d == -1 else d for d in shape)
 
 
@@ -95,11 +97,11 @@ def first_devices(count: int = gin.REQUIRED) -> list[jax.Device]:
     of eight, a one-device CPU test): `Partitioner.devices = @first_devices()` with
     `first_devices.count = 1`. A multi-host job uses every device of every host."""
     if jax.process_count() > 1:
-        raise ValueError("first_devices is for single-host runs: a multi-host job's mesh "
+        raise UserError("first_devices is for single-host runs: a multi-host job's mesh "
                          "spans every device of every host")
     available = jax.local_devices()
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= len(available):
-        raise ValueError(f"first_devices.count={count!r}: this host has {len(available)} devices")
+        raise UserError(f"first_devices.count={count!r}: this host has {len(available)} devices")
     return available[:count]
 
 
@@ -120,7 +122,7 @@ def make_mesh(
     """
     devices = list(jax.devices() if devices is None else devices)
     if len(mesh_shape) != len(axis_names):
-        raise ValueError(f"mesh_shape {tuple(mesh_shape)} and axis_names {tuple(axis_names)} "
+        raise UserError(f"mesh_shape {tuple(mesh_shape)} and axis_names {tuple(axis_names)} "
                          "must have the same length")
     if dcn_mesh_shape is None:
         shape = _resolve_shape(mesh_shape, len(devices), "mesh_shape")
@@ -129,7 +131,7 @@ def make_mesh(
     else:
         num_slices = math.prod(dcn_mesh_shape)
         if len(dcn_mesh_shape) != len(axis_names) or len(devices) % num_slices:
-            raise ValueError(f"dcn_mesh_shape {tuple(dcn_mesh_shape)} does not fit "
+            raise UserError(f"dcn_mesh_shape {tuple(dcn_mesh_shape)} does not fit "
                              f"{len(devices)} devices and axes {tuple(axis_names)}")
         shape = _resolve_shape(mesh_shape, len(devices) // num_slices, "mesh_shape (per slice)")
         # TPU devices carry their slice; elsewhere (GPU hosts, CPU processes) a process is

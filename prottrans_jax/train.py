@@ -26,7 +26,7 @@ import gin
 import tensorflow as tf
 
 from prottrans_jax import checkpoints, distributed
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.training import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,8 +59,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, IOError,
-                   checkpoints.CheckpointCorruptError)
+# User mistakes and damaged inputs: one line. A bare ValueError is a bug and keeps its traceback.
+EXPECTED_ERRORS = (*USER_ERRORS, checkpoints.CheckpointCorruptError)
 
 
 def check_override_macros(bindings: Sequence[str]) -> None:
@@ -77,7 +77,7 @@ def check_override_macros(bindings: Sequence[str]) -> None:
         if name and "." not in name and name not in used:
             close = difflib.get_close_matches(name, sorted(used), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            raise ValueError(f"unknown macro in binding '{binding.strip()}': no gin file "
+            raise UserError(f"unknown macro in binding '{binding.strip()}': no gin file "
                              f"reads %{name}{hint}")
 
 

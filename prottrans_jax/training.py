@@ -29,7 +29,7 @@ import tensorflow as tf
 from prottrans_jax import checkpoints, families, model_dir as model_dir_lib, optimizers, partitioning
 from prottrans_jax.data import dataset, registry
 from prottrans_jax.data.feature_converters import check_task_fits
-from prottrans_jax.errors import ConfigError
+from prottrans_jax.errors import USER_ERRORS, UserError
 from prottrans_jax.models.base import Average, Sum, summarize
 from prottrans_jax.trainer import Trainer, peak_flops_per_device
 
@@ -91,7 +91,7 @@ def eval_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -101,7 +101,7 @@ def _import_task_module(module: str | None) -> None:
             with gin.unlock_config():  # the module may define configurables (T5X does this too)
                 importlib.import_module(module)
         except ModuleNotFoundError as error:
-            raise ConfigError(f"MIXTURE_OR_TASK_MODULE {module!r} cannot be imported: {error}") from None
+            raise UserError(f"MIXTURE_OR_TASK_MODULE {module!r} cannot be imported: {error}") from None
 
 
 def _task_vocabulary(task, model) -> Any:
@@ -109,7 +109,7 @@ def _task_vocabulary(task, model) -> Any:
     vocabulary = task.output_features["targets"].vocabulary
     model_size = getattr(model.config, "vocab_size", None)
     if model_size is not None and vocabulary.vocab_size > model_size:
-        raise ConfigError(f"task {task.name!r} uses the {vocabulary.vocab_size}-id vocabulary "
+        raise UserError(f"task {task.name!r} uses the {vocabulary.vocab_size}-id vocabulary "
                           f"{getattr(vocabulary, 'name', vocabulary)!r}, but the model's "
                           f"vocab_size is {model_size}")
     return vocabulary
@@ -133,6 +133,7 @@ def train(*,
           optimizer: optimizers.Optimizer = gin.REQUIRED,
           seed: int = 0,
           num_microbatches: int = 1,
+          max_steps_in_flight: int = 2,
           pack: bool = True,
           log_every: int = 100,
           eval_interval: int | None = None,
@@ -158,6 +159,8 @@ def train(*,
     Face directory of the model's family whose weights start a fresh run (continued
     pre-training); its architecture and tokenizer must be the model's and the task's. phase:
     1, or a later phase continuing MODEL_DIR's checkpoint with new lengths and batch size.
+    max_steps_in_flight: how many dispatched steps may wait on the devices, which bounds the
+    time from SIGTERM to the saved checkpoint (trainer.Trainer).
     """
     train_steps = _positive_int("TRAIN_STEPS (train.train_steps)", train_steps)
     batch_size = _positive_int("BATCH_SIZE (train.batch_size)", batch_size)
@@ -165,6 +168,7 @@ def train(*,
     _positive_int("train.log_every", log_every)
     _positive_int("train.checkpoint_interval", checkpoint_interval)
     _positive_int("train.num_microbatches", num_microbatches)
+    _positive_int("train.max_steps_in_flight", max_steps_in_flight)
     _import_task_module(mixture_or_task_module)
     task = dataset.get_task(mixture_or_task_name)
     check_task_fits(task.name, task.output_features, model.feature_converter_cls,
@@ -172,7 +176,7 @@ def train(*,
     vocabulary = _task_vocabulary(task, model)
     if task_feature_lengths is None:
         if inputs_length is None:
-            raise ConfigError("set INPUTS_LENGTH (train.inputs_length) or TASK_FEATURE_LENGTHS")
+            raise UserError("set INPUTS_LENGTH (train.inputs_length) or TASK_FEATURE_LENGTHS")
         _positive_int("INPUTS_LENGTH (train.inputs_length)", inputs_length)
         task_feature_lengths = registry.feature_lengths_for(task, inputs_length, targets_length)
     task_feature_lengths = {k: _positive_int(f"feature length {k!r}", v)
@@ -181,7 +185,7 @@ def train(*,
 
     shard_index, num_shards = partitioner.input_shard()
     if batch_size % num_shards or batch_size % partitioner.mesh.shape["data"]:
-        raise ConfigError(f"batch_size {batch_size} must divide by the {num_shards} input "
+        raise UserError(f"batch_size {batch_size} must divide by the {num_shards} input "
                           f"shards and the data axis {partitioner.mesh.shape['data']}")
     host_batch = batch_size // num_shards
     shard_info = seqio.ShardInfo(shard_index, num_shards)
@@ -190,7 +194,8 @@ def train(*,
     train_stream = train_dataset(mixture_or_task_name, task_feature_lengths, host_batch,
                                  _data_seed(seed, phase), shard_info, pack,
                                  model.feature_converter_cls)
-    trainer = Trainer(model, optimizer.transform, partitioner, num_microbatches, seed)
+    trainer = Trainer(model, optimizer.transform, partitioner, num_microbatches, seed,
+                      max_steps_in_flight)
     with partitioner.context():
         boxed = jax.eval_shape(model.init_params, jax.random.key(seed))
     table = partitioning.sharding_table(boxed, trainer.checkpoint_shardings["params"])
@@ -204,7 +209,7 @@ def train(*,
          f"per device: params {param_bytes / gib:.3f} GiB + optimizer {opt_bytes / gib:.3f} GiB "
          f"(activations not included)")
     if hbm_budget_gib is not None and (param_bytes + opt_bytes) > hbm_budget_gib * gib:
-        raise ConfigError(f"parameters + optimizer state need {(param_bytes + opt_bytes) / gib:.2f} "
+        raise UserError(f"parameters + optimizer state need {(param_bytes + opt_bytes) / gib:.2f} "
                           f"GiB per device, over the {hbm_budget_gib} GiB budget: use more devices "
                           "or a sharding rule set that splits more (gin/partitioning/)")
     if dry_run:
@@ -214,7 +219,7 @@ def train(*,
 
     model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-        raise ConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
+        raise UserError(f"MODEL_DIR {model_dir} is a file, not a directory")
     run = _Run(model_dir=model_dir, phase=phase, seed=seed, task_name=mixture_or_task_name,
                feature_lengths=task_feature_lengths, batch_size=batch_size)
     checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_interval, keep_checkpoints,
@@ -281,7 +286,7 @@ class _Run:
                           ("task", self.task_name)):
             theirs = position.get(key)
             if theirs is not None and theirs != ours:
-                raise ConfigError(
+                raise UserError(
                     f"{where} was trained with {key} {theirs!r}; this run has {ours!r}: restore "
                     f"it, or start a new phase with train.phase = {self.phase + 1}")
 
@@ -292,7 +297,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: checkpoints.Checkpointer, r
     step = checkpointer.latest_step()
     if step is None:
         if run.phase > 1:
-            raise ConfigError(f"train.phase = {run.phase} continues a trained MODEL_DIR, but "
+            raise UserError(f"train.phase = {run.phase} continues a trained MODEL_DIR, but "
                               f"{run.model_dir} has no checkpoint: run phase {run.phase - 1} first")
         if init_from_hf:
             return trainer.init_state_from_params(
@@ -300,11 +305,11 @@ def _restore_or_init(trainer: Trainer, checkpointer: checkpoints.Checkpointer, r
         return trainer.init_state(), 0, 0, True
     state, position = checkpointer.restore(trainer.abstract, step)
     if position.get("seed") != run.seed:
-        raise ConfigError(f"{checkpointer.directory} was trained with seed {position.get('seed')}, "
+        raise UserError(f"{checkpointer.directory} was trained with seed {position.get('seed')}, "
                           f"not {run.seed}: resume with that seed or use another MODEL_DIR")
     stored_phase = int(position.get("phase", 1))
     if run.phase < stored_phase:
-        raise ConfigError(f"{run.model_dir} is in phase {stored_phase} (step {step}); this run "
+        raise UserError(f"{run.model_dir} is in phase {stored_phase} (step {step}); this run "
                           f"says train.phase = {run.phase}")
     if init_from_hf:
         _log(f"resuming from step {step}: train.init_from_hf is not read again")
@@ -325,16 +330,16 @@ def released_params(directory: str, model, vocabulary) -> Any:
     where = f"train.init_from_hf {directory}"
     try:
         imported = load_hf_dir(directory)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{where}: {error}") from None
+    except USER_ERRORS as error:
+        raise UserError(f"{where}: {error}") from None
     if imported.family.name != model.family:
-        raise ConfigError(f"{where} holds a {imported.family.name} model; the model being "
+        raise UserError(f"{where} holds a {imported.family.name} model; the model being "
                           f"trained is {model.family}")
     check_same_architecture(imported.config, model.config, where)
     if list(imported.vocabulary.pieces) != list(vocabulary.pieces):
         ours, theirs = list(vocabulary.pieces), list(imported.vocabulary.pieces)
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        raise ConfigError(f"{where}: its tokenizer differs from the task's vocabulary at id "
+        raise UserError(f"{where}: its tokenizer differs from the task's vocabulary at id "
                           f"{first} ({theirs[first] if first < len(theirs) else None!r} there, "
                           f"{ours[first] if first < len(ours) else None!r} in the task)")
     _log(f"initialised from the Hugging Face weights in {directory}")

@@ -42,6 +42,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prottrans_jax.errors import UserError
+
 # Letters accepted in protein sequences: 20 standard amino acids, X (unknown) and the four
 # rare/ambiguous codes that ProtTrans maps to X.
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -175,7 +177,7 @@ class ProteinVocabulary(seqio.Vocabulary):
     def mask_id(self) -> int:
         """The single mask token: [MASK] for BERT, <extra_id_0> for T5."""
         if self._mask_id is None:
-            raise ValueError(f"vocabulary {self.name!r} has no mask token")
+            raise UserError(f"vocabulary {self.name!r} has no mask token")
         return self._mask_id
 
     @property

@@ -13,6 +13,7 @@ import seqio
 import tensorflow as tf
 
 from prottrans_jax.data import preprocessors, registry
+from prottrans_jax.errors import UserError
 
 OBJECTIVES = tuple(registry.OBJECTIVES)
 STATS_FILE = "stats.json"
@@ -47,7 +48,7 @@ class CorpusSource(seqio.TFExampleDataSource):
                 stats = json.load(handle)
             num_shards, written = int(stats["config"]["num_shards"]), stats["written"]
         except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{path}: not a complete stats.json ({type(err).__name__}: {err}); rebuild "
+            raise UserError(f"{path}: not a complete stats.json ({type(err).__name__}: {err}); rebuild "
                              "the corpus") from None
         for split in ("train", "validation"):
             if not written.get(split):

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
+from prottrans_jax.errors import USER_ERRORS, first_line
 from tasks.corpus import OBJECTIVES, register_corpus
 
 
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                                   seed=args.seed)
             batch = next(batches.as_numpy_iterator())
             print(describe_batch(name, batch))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 1
     return 0
 

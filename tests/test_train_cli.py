@@ -237,3 +237,68 @@ def test_a_machine_without_a_gpu_shows_no_cuda_noise(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip() == "[0, 1]", result.stderr
     assert "cuInit" not in result.stderr, result.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_mistake_is_one_line(tmp_path, monkeypatch, capsys):
+    """A bare ValueError once counted as the user's fault: a bug inside training ended in one
+    line with no traceback. Only UserError (and file-system errors) are the user's now."""
+    from prottrans_jax.errors import UserError
+
+    def buggy_train():
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(train_lib, "train", buggy_train)
+    with pytest.raises(ValueError, match="an internal invariant broke"):
+        train_lib.run(flags(tmp_path, 2))
+
+    def refused_train():
+        raise UserError("MODEL_DIR x is a file, not a directory")
+
+    monkeypatch.setattr(train_lib, "train", refused_train)
+    assert train_lib.run(flags(tmp_path, 2))[0] == 1
+    assert one_line_error(capsys) == "error: MODEL_DIR x is a file, not a directory"
+
+
+def test_sigterm_is_saved_within_a_few_steps_of_the_signal(corpus, tmp_path, monkeypatch, capsys):
+    """A SIGTERM's save once waited for every step the loop had dispatched ahead of the
+    device (about 35 on a CPU; a spot preemption gives 30 s). Now at most
+    `max_steps_in_flight` steps are pending when the signal arrives, and the delay from the
+    signal to the finished checkpoint is a few steps plus the write itself."""
+    from prottrans_jax import trainer as trainer_lib
+
+    times, pending = {"steps": []}, []
+    real_step, real_save = trainer_lib.Trainer.train_step, checkpoints.Checkpointer.save_now
+
+    def step_then_signal(self, *args):
+        result = real_step(self, *args)
+        times["steps"].append(time.perf_counter())
+        if len(times["steps"]) == 40:
+            pending.append(self.steps_in_flight())
+            times["signal"] = time.perf_counter()
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    def timed_save(self, *args, **kwargs):
+        started = time.perf_counter()
+        saved = real_save(self, *args, **kwargs)
+        times.setdefault("saves", []).append((started, time.perf_counter()))
+        return saved
+
+    monkeypatch.setattr(trainer_lib.Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(checkpoints.Checkpointer, "save_now", timed_save)
+    result = run_ok(flags(tmp_path, 100000, *SMALLER, *ONE_DEVICE, "--gin.train.log_every=100000",
+                          "--gin.train.checkpoint_interval=100000"))
+    assert result["preempted"] and result["step"] == 40
+    assert "stop requested: checkpoint saved at step 40" in capsys.readouterr().out
+    assert pending[0] <= 2
+    step_seconds = float(np.median(np.diff(times["steps"][10:40])))
+    (save_started, saved), = [s for s in times["saves"] if s[0] > times["signal"]]
+    # The same save again, with nothing in flight: what the write alone costs.
+    again_started = time.perf_counter()
+    with checkpoints.Checkpointer(tmp_path / "again") as again:
+        again.save_now(40, result["state"], {"step": 40})
+    write_seconds = time.perf_counter() - again_started
+    delay = saved - times["signal"]
+    print(f"SIGTERM -> saved: {delay:.3f} s; one step {step_seconds * 1e3:.1f} ms; "
+          f"the write alone {write_seconds:.3f} s; {pending[0]} steps pending at the signal")
+    assert delay <= write_seconds + 4 * step_seconds + 2.0, (delay, write_seconds, step_seconds)

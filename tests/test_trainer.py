@@ -281,3 +281,20 @@ def test_peak_flops_lookup():
     assert peak_flops_per_device(device("TPU v5p")) == 459e12
     assert peak_flops_per_device(device("NVIDIA H100 80GB HBM3")) == 989e12
     assert peak_flops_per_device(device("cpu")) is None
+
+
+def test_at_most_max_steps_in_flight_wait_on_the_device():
+    """Asynchronous dispatch once let the loop run ~35 steps ahead of a CPU, all of which a
+    SIGTERM's checkpoint had to wait for. The trainer now waits for the step two back."""
+    partitioner = partitioning.Partitioner(mesh_shape=(8, 1))
+    trainer = Trainer(ToyModel(), optax.sgd(0.01), partitioner, max_steps_in_flight=2)
+    state = trainer.init_state()
+    batch = {"x": np.full((8, 4), 0.5, np.float32)}
+    metrics = trainer.new_metrics(batch)
+    with partitioner.context():
+        for _ in range(20):
+            state, metrics = trainer.train_step(state, partitioner.host_local_batch_to_global(batch), metrics)
+            assert len(trainer._in_flight) <= 2 and trainer.steps_in_flight() <= 2
+    # the markers outlive the donated states they were copied from
+    assert [int(done) for done in trainer._in_flight] == [19, 20]
+    assert int(state["step"]) == 20 and summarize(metrics)["steps"] == 20

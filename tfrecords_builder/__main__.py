@@ -11,10 +11,9 @@ import argparse
 import logging
 import sys
 
-from prottrans_jax.fasta import FastaError
+from prottrans_jax.errors import USER_ERRORS
 from tfrecords_builder.build import BuildError, build
 from tfrecords_builder.pipeline import BuildConfig
-from tfrecords_builder.tfrecord_io import CorruptRecordError
 
 
 def parse_args(argv: list[str]) -> tuple[BuildConfig, bool, list[str]]:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     try:
         stats = build(config, pipeline_args, overwrite=overwrite)
-    except (BuildError, FastaError, CorruptRecordError, FileNotFoundError) as e:
+    except (BuildError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"statistics ({config.output_dir}/stats.json):")

@@ -16,6 +16,8 @@ import crcmod.predefined
 from apache_beam.io.filesystems import FileSystems
 from tensorflow.core.example import example_pb2, feature_pb2
 
+from prottrans_jax.errors import UserError
+
 _crc32c = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
 _MASK_DELTA = 0xA282EAD8
 
@@ -32,7 +34,7 @@ def frame(record: bytes) -> bytes:
                      record, struct.pack("<I", _masked_crc(record))])
 
 
-class CorruptRecordError(ValueError):
+class CorruptRecordError(UserError):
     """A TFRecord file whose framing or checksums are wrong."""
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert.bert import layer_norm, linear
 from prottrans_jax.convert.mapping import Entry, ParamMap
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import UserError, first_line
 from prottrans_jax.models.albert import AlbertConfig, AlbertMLMModel
 from prottrans_jax.vocab import PROTEIN_ALPHABET, STANDARD_AMINO_ACIDS, ProteinVocabulary, prot_albert_vocabulary
 
@@ -84,7 +84,7 @@ def param_map(config: AlbertConfig, part: str) -> ParamMap:
 
 def _check_part(part: str) -> str:
     if part not in PARTS:
-        raise ValueError(f"ALBERT part {part!r}; expected one of {PARTS}")
+        raise UserError(f"ALBERT part {part!r}; expected one of {PARTS}")
     return part
 
 
@@ -110,7 +110,7 @@ def _tied_copies(state_dict: dict[str, np.ndarray]) -> set[str]:
     for copy, original in ((DECODER_WEIGHT, WORD_EMBEDDINGS), (DECODER_BIAS, OUTPUT_BIAS)):
         if copy in state_dict:
             if not np.array_equal(state_dict[copy], state_dict.get(original)):
-                raise ValueError(f"Hugging Face weight {copy!r} differs from {original!r}; ALBERT ties them")
+                raise UserError(f"Hugging Face weight {copy!r} differs from {original!r}; ALBERT ties them")
             copies.add(copy)
     return copies
 
@@ -163,9 +163,9 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
     pooler and sentence-order head are stored. Defaults are Hugging Face's AlbertConfig's.
     """
     if hf_config.get("model_type", "albert") != "albert":
-        raise ValueError(f"not an ALBERT config: model_type={hf_config.get('model_type')!r}")
+        raise UserError(f"not an ALBERT config: model_type={hf_config.get('model_type')!r}")
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"unsupported ALBERT position_embedding_type "
+        raise UserError(f"unsupported ALBERT position_embedding_type "
                          f"{hf_config['position_embedding_type']!r}; expected 'absolute'")
     act = mapping.activation_from_hf(hf_config.get("hidden_act", "gelu_new"), "ALBERT")
     kwargs = dict(
@@ -246,7 +246,7 @@ def tokenizer_pieces(model_dir: str) -> list[str]:
     try:
         processor = spm.SentencePieceProcessor(model_file=path)
     except Exception as err:  # sentencepiece raises RuntimeError / OSError with long texts
-        raise ValueError(f"cannot read the tokenizer {path}: {first_line(err)}") from None
+        raise UserError(f"cannot read the tokenizer {path}: {first_line(err)}") from None
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
 
 
@@ -259,12 +259,12 @@ def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> P
         if token in pieces:
             ids[role] = pieces.index(token)
         elif role != "mask":
-            raise ValueError(f"{where} has no {token} piece: not an ALBERT vocabulary")
+            raise UserError(f"{where} has no {token} piece: not an ALBERT vocabulary")
     letters = {piece[1:]: i for i, piece in enumerate(pieces)
                if len(piece) == 2 and piece[0] == WORD_BOUNDARY and piece[1] in PROTEIN_ALPHABET}
     missing = sorted(set(STANDARD_AMINO_ACIDS) - set(letters))
     if missing:
-        raise ValueError(f"{where} has no '{WORD_BOUNDARY}'-prefixed piece for residue(s) {''.join(missing)}: "
+        raise UserError(f"{where} has no '{WORD_BOUNDARY}'-prefixed piece for residue(s) {''.join(missing)}: "
                          "not a one-piece-per-residue protein vocabulary")
     builtin = prot_albert_vocabulary()
     if pieces == list(builtin.pieces):
@@ -295,7 +295,7 @@ def write_tokenizer(output_dir: str, vocabulary: ProteinVocabulary | None = None
     vocabulary = vocabulary or prot_albert_vocabulary()
     pieces = list(vocabulary.pieces)
     if vocabulary.unk_id != 1 or pieces[1] != SPECIAL_TOKENS["unk"]:
-        raise ValueError(f"{vocabulary!r} has no <unk> at id 1, which transformers' AlbertTokenizer assumes")
+        raise UserError(f"{vocabulary!r} has no <unk> at id 1, which transformers' AlbertTokenizer assumes")
     model = sp_pb2.ModelProto()
     model.trainer_spec.model_type = sp_pb2.TrainerSpec.UNIGRAM
     model.trainer_spec.vocab_size = len(pieces)

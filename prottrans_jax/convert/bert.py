@@ -21,6 +21,7 @@ import numpy as np
 
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.bert import BertConfig, BertMLMModel
 from prottrans_jax.vocab import PROTEIN_ALPHABET, ProteinVocabulary, prot_bert_vocabulary
 
@@ -83,7 +84,7 @@ def param_map(config: BertConfig, part: str) -> ParamMap:
 
 def _check_part(part: str) -> str:
     if part not in PARTS:
-        raise ValueError(f"BERT part {part!r}; expected one of {PARTS}")
+        raise UserError(f"BERT part {part!r}; expected one of {PARTS}")
     return part
 
 
@@ -118,12 +119,12 @@ def hf_to_flax(state_dict: dict[str, Any], config: BertConfig, part: str = "full
         ignored = {k for k in state_dict if not k.startswith(("bert.embeddings.", "bert.encoder."))}
     elif DECODER_WEIGHT in state_dict:  # the tied output layer, when saved: must be the embedding
         if not np.array_equal(state_dict[DECODER_WEIGHT], state_dict.get(WORD_EMBEDDINGS)):
-            raise ValueError(f"Hugging Face weight {DECODER_WEIGHT!r} differs from {WORD_EMBEDDINGS!r}; "
+            raise UserError(f"Hugging Face weight {DECODER_WEIGHT!r} differs from {WORD_EMBEDDINGS!r}; "
                              "BERT ties them")
         ignored.add(DECODER_WEIGHT)
     if part == "full" and DECODER_BIAS in state_dict:
         if not np.array_equal(state_dict[DECODER_BIAS], state_dict.get("cls.predictions.bias")):
-            raise ValueError(f"Hugging Face weight {DECODER_BIAS!r} differs from 'cls.predictions.bias'")
+            raise UserError(f"Hugging Face weight {DECODER_BIAS!r} differs from 'cls.predictions.bias'")
         ignored.add(DECODER_BIAS)
     params = mapping.hf_to_flax(state_dict, param_map(config, part), config.param_dtype, ignored=ignored,
                                 what=f"BERT config {_short(config)} (part {part})")
@@ -157,9 +158,9 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
     from whether the pooler and next-sentence head are stored.
     """
     if hf_config.get("model_type", "bert") != "bert":
-        raise ValueError(f"not a BERT config: model_type={hf_config.get('model_type')!r}")
+        raise UserError(f"not a BERT config: model_type={hf_config.get('model_type')!r}")
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"unsupported BERT position_embedding_type "
+        raise UserError(f"unsupported BERT position_embedding_type "
                          f"{hf_config['position_embedding_type']!r}; expected 'absolute'")
     act = mapping.activation_from_hf(hf_config.get("hidden_act", "gelu"), "BERT")
     kwargs = dict(
@@ -228,9 +229,9 @@ def tokenizer_pieces(model_dir: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             tokens = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+        raise UserError(f"cannot read {path}: {err}") from None
     if not tokens:
-        raise ValueError(f"{path}: empty vocabulary file")
+        raise UserError(f"{path}: empty vocabulary file")
     return tokens
 
 
@@ -243,11 +244,11 @@ def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> P
         if token in pieces:
             ids[role] = pieces.index(token)
         elif role != "mask":
-            raise ValueError(f"{where} has no {token} token: not a BERT vocabulary")
+            raise UserError(f"{where} has no {token} token: not a BERT vocabulary")
     letters = {token: i for i, token in enumerate(pieces) if len(token) == 1 and token in PROTEIN_ALPHABET}
     missing = sorted(set("ACDEFGHIKLMNPQRSTVWY") - set(letters))
     if missing:
-        raise ValueError(f"{where} has no token for residue(s) {''.join(missing)}: not a protein vocabulary")
+        raise UserError(f"{where} has no token for residue(s) {''.join(missing)}: not a protein vocabulary")
     builtin = prot_bert_vocabulary()
     if pieces == list(builtin.pieces):
         return builtin

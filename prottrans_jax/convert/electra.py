@@ -26,6 +26,7 @@ import numpy as np
 from prottrans_jax.convert import bert as bert_convert, mapping
 from prottrans_jax.convert.bert import linear, layer_norm, layer_entries
 from prottrans_jax.convert.mapping import Entry, LayerStack, ParamMap
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.electra import TOWERS, ElectraConfig, ElectraPretrainModel
 
 PARTS = ("full", *TOWERS)
@@ -62,7 +63,7 @@ def write_tokenizer(output_dir: str, vocabulary=None) -> None:
 
 def _tower(part: str) -> str:
     if part not in TOWERS:
-        raise ValueError(f"ELECTRA part {part!r}: one directory holds one of {TOWERS} "
+        raise UserError(f"ELECTRA part {part!r}: one directory holds one of {TOWERS} "
                          "(the whole model is one directory per part)")
     return part
 
@@ -102,7 +103,7 @@ def hf_part(hf_config: dict[str, Any], state_dict: dict[str, Any]) -> str:
     del hf_config  # `architectures` may be missing; the weights say it
     found = [part for part in TOWERS if any(key.startswith(HEAD_PREFIXES[part]) for key in state_dict)]
     if len(found) != 1:
-        raise ValueError("an ELECTRA directory holds an ElectraForPreTraining (discriminator) or an "
+        raise UserError("an ELECTRA directory holds an ElectraForPreTraining (discriminator) or an "
                          f"ElectraForMaskedLM (generator); this one has {'both heads' if found else 'no head'}")
     return found[0]
 
@@ -119,7 +120,7 @@ def hf_to_flax(state_dict: dict[str, Any], config: ElectraConfig, part: str) -> 
     ignored = set()
     if part == "generator" and LM_HEAD_WEIGHT in state_dict:
         if not np.array_equal(state_dict[LM_HEAD_WEIGHT], state_dict.get(WORD_EMBEDDINGS)):
-            raise ValueError(f"Hugging Face weight {LM_HEAD_WEIGHT!r} differs from {WORD_EMBEDDINGS!r}; "
+            raise UserError(f"Hugging Face weight {LM_HEAD_WEIGHT!r} differs from {WORD_EMBEDDINGS!r}; "
                              "ELECTRA's generator ties them")
         ignored.add(LM_HEAD_WEIGHT)
     params = mapping.hf_to_flax(state_dict, param_map(config, part), config.param_dtype, ignored=ignored,
@@ -145,7 +146,7 @@ def merge_parts(loaded: dict[str, tuple[dict, dict]], **overrides: Any) -> tuple
     discriminator, generator = configs["discriminator"], configs["generator"]
     for field in (*SHARED_FIELDS, "hidden_act", "pad_id"):
         if getattr(discriminator, field) != getattr(generator, field):
-            raise ValueError(f"the ELECTRA generator has {field}={getattr(generator, field)!r}, the "
+            raise UserError(f"the ELECTRA generator has {field}={getattr(generator, field)!r}, the "
                              f"discriminator {getattr(discriminator, field)!r}: they must agree")
     config = ElectraConfig(**{**_fields(discriminator, "discriminator"), **_fields(generator, "generator"),
                               **{f: getattr(discriminator, f) for f in (*SHARED_FIELDS, "hidden_act", "pad_id")},
@@ -153,7 +154,7 @@ def merge_parts(loaded: dict[str, tuple[dict, dict]], **overrides: Any) -> tuple
     params = {part: hf_to_flax(loaded[part][1], config, part) for part in TOWERS}
     for path, value in mapping.flatten(params["discriminator"]["embeddings"], ("embeddings",)):
         if not np.array_equal(value, mapping.get_path(params["generator"], path)):
-            raise ValueError(f"the ELECTRA generator's and discriminator's {'/'.join(path)} differ: "
+            raise UserError(f"the ELECTRA generator's and discriminator's {'/'.join(path)} differ: "
                              "this model shares the embeddings of both")
     return config, {"embeddings": params["discriminator"]["embeddings"],
                     **{part: params[part][part] for part in TOWERS}}
@@ -173,9 +174,9 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
     keeps the defaults: `merge_parts` joins both). Without the weights, a config that names
     `ElectraForMaskedLM` is the generator's. `vocab_size` comes from the embedding's shape."""
     if hf_config.get("model_type", "electra") != "electra":
-        raise ValueError(f"not an ELECTRA config: model_type={hf_config.get('model_type')!r}")
+        raise UserError(f"not an ELECTRA config: model_type={hf_config.get('model_type')!r}")
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"unsupported ELECTRA position_embedding_type {hf_config['position_embedding_type']!r}")
+        raise UserError(f"unsupported ELECTRA position_embedding_type {hf_config['position_embedding_type']!r}")
     act = mapping.activation_from_hf(hf_config.get("hidden_act", "gelu"), "ELECTRA")
     if state_dict is not None:
         part = hf_part(hf_config, state_dict)

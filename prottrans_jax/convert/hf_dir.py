@@ -18,6 +18,7 @@ from typing import Any
 
 from prottrans_jax import families
 from prottrans_jax.convert.hf_io import CONFIG, load_hf_config, load_hf_state_dict
+from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import ProteinVocabulary
 
 
@@ -51,9 +52,9 @@ def load_hf_dir(directory: str, inference: bool = False, part: str | None = None
     if inference:
         part = family.encoder_part(part or held)
         if held is not None and part != held:
-            raise ValueError(f"{directory} holds the {family.name} {held}, not the {part}")
+            raise UserError(f"{directory} holds the {family.name} {held}, not the {part}")
     elif held is not None:
-        raise ValueError(f"{directory} holds only the {family.name} {held}; the whole model is a "
+        raise UserError(f"{directory} holds only the {family.name} {held}; the whole model is a "
                          f"directory with {' and '.join(converter.SPLIT_PARTS)} subdirectories "
                          "(as export_hf writes it)")
     else:
@@ -101,13 +102,13 @@ def _load_split(directory: str, inference: bool, part: str | None, overrides: di
         hf_config, state_dict = load_hf_config(path), load_hf_state_dict(path)
         held = converter.hf_part(hf_config, state_dict)
         if held != name:
-            raise ValueError(f"{path} holds the {family.name} {held}, not the {name}")
+            raise UserError(f"{path} holds the {family.name} {held}, not the {name}")
         loaded[name] = (hf_config, state_dict)
         vocabularies[name] = _vocabulary(converter, path)
     first = vocabularies[parts[0]]
     for name in parts[1:]:
         if vocabularies[name] != first:
-            raise ValueError(f"the tokenizers in {directory}/{parts[0]} and {directory}/{name} differ")
+            raise UserError(f"the tokenizers in {directory}/{parts[0]} and {directory}/{name} differ")
     config, params = converter.merge_parts(loaded, **overrides)
     return HFModel(family, config, params, first, converter.PARTS[0])
 
@@ -117,12 +118,12 @@ def check_same_architecture(imported: Any, model: Any, where: str) -> None:
     scan, which do not change what the weights compute) where the two configs differ."""
     runtime = set(getattr(type(model), "RUNTIME_FIELDS", ()))
     if type(imported) is not type(model):
-        raise ValueError(f"{where} holds a {type(imported).__name__}, the model is a "
+        raise UserError(f"{where} holds a {type(imported).__name__}, the model is a "
                          f"{type(model).__name__}")
     for field in dataclasses.fields(model):
         if field.name in runtime:
             continue
         ours, theirs = getattr(model, field.name), getattr(imported, field.name)
         if ours != theirs:
-            raise ValueError(f"{where} has {type(model).__name__}.{field.name}={theirs!r} but the "
+            raise UserError(f"{where} has {type(model).__name__}.{field.name}={theirs!r} but the "
                              f"model being trained has {ours!r}: bind the same value in gin")

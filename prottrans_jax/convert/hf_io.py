@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import UserError, first_line
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -32,7 +32,7 @@ def load_hf_config(model_dir: str) -> dict[str, Any]:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read Hugging Face config {path}: {err}") from None
+        raise UserError(f"cannot read Hugging Face config {path}: {err}") from None
 
 
 def load_hf_state_dict(model_dir: str) -> dict[str, np.ndarray]:
@@ -72,7 +72,7 @@ def _shards_of(index_path: str) -> list[str]:
         with open(index_path) as f:
             weight_map = json.load(f)["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"cannot read weight index {index_path}: {err!r}") from None
+        raise UserError(f"cannot read weight index {index_path}: {err!r}") from None
     return sorted(set(weight_map.values()))
 
 
@@ -91,7 +91,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
                     out[name] = _read_safetensors_tensor_with_torch(path, name)
         return out
     except Exception as err:  # safetensors raises its own error types
-        raise ValueError(f"cannot read safetensors weights {path}: {first_line(err)}") from None
+        raise UserError(f"cannot read safetensors weights {path}: {first_line(err)}") from None
 
 
 def _read_safetensors_tensor_with_torch(path: str, name: str) -> np.ndarray:
@@ -109,13 +109,13 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"cannot read PyTorch weights {path} (weights_only=True): {first_line(err)}") from None
+        raise UserError(f"cannot read PyTorch weights {path} (weights_only=True): {first_line(err)}") from None
     if not isinstance(state_dict, dict):
-        raise ValueError(f"cannot read PyTorch weights {path}: expected a state_dict, got {type(state_dict).__name__}")
+        raise UserError(f"cannot read PyTorch weights {path}: expected a state_dict, got {type(state_dict).__name__}")
     out = {}
     for name, tensor in state_dict.items():
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"cannot read PyTorch weights {path}: entry {name!r} is not a tensor")
+            raise UserError(f"cannot read PyTorch weights {path}: entry {name!r} is not a tensor")
         tensor = tensor.detach().cpu()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.partitioning import unbox_shapes
 
 
@@ -37,7 +38,7 @@ ACTIVATIONS_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 def activation_from_hf(name: str, what: str) -> str:
     """Our activation for a config.json `hidden_act`, else ValueError naming it."""
     if name not in HF_ACTIVATIONS:
-        raise ValueError(f"unsupported {what} hidden_act {name!r}; expected one of {sorted(HF_ACTIVATIONS)}")
+        raise UserError(f"unsupported {what} hidden_act {name!r}; expected one of {sorted(HF_ACTIVATIONS)}")
     return HF_ACTIVATIONS[name]
 
 
@@ -83,7 +84,7 @@ def hf_to_flax(state_dict: Mapping[str, Any], param_map: ParamMap, dtype: Any, *
 
     def take(key: str, transform: Transform) -> np.ndarray:
         if key not in state_dict:
-            raise ValueError(f"missing Hugging Face weight {key!r} for {what}")
+            raise UserError(f"missing Hugging Face weight {key!r} for {what}")
         used.add(key)
         return np.asarray(transform.to_flax(np.asarray(state_dict[key])), dtype)
 
@@ -101,7 +102,7 @@ def hf_to_flax(state_dict: Mapping[str, Any], param_map: ParamMap, dtype: Any, *
                     set_path(params, stack.flax_prefix + (f"layers_{i}",) + entry.flax_path, array)
     unused = sorted(k for k in state_dict if k not in used)
     if unused:
-        raise ValueError(f"Hugging Face weight {unused[0]!r} has no place in {what} "
+        raise UserError(f"Hugging Face weight {unused[0]!r} has no place in {what} "
                          f"({len(unused)} unused)")
     return params
 
@@ -135,7 +136,7 @@ def check_shapes(params: Mapping[str, Any], abstract_params: Any) -> None:
         if path not in got:
             raise ValueError(f"no Hugging Face weight maps to parameter {'/'.join(path)}")
         if tuple(got[path].shape) != tuple(abstract.shape):
-            raise ValueError(
+            raise UserError(
                 f"shape mismatch for parameter {'/'.join(path)}: converted "
                 f"{tuple(got[path].shape)}, model expects {tuple(abstract.shape)} "
                 "(check the config against the checkpoint)")
@@ -162,7 +163,7 @@ def get_path(tree: Any, path: tuple[str, ...]) -> Any:
     node = tree
     for name in path:
         if not isinstance(node, Mapping) or name not in node:
-            raise ValueError(f"params have no entry {'/'.join(path)} (config does not match the params)")
+            raise UserError(f"params have no entry {'/'.join(path)} (config does not match the params)")
         node = node[name]
     return node
 

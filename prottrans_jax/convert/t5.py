@@ -22,7 +22,7 @@ import numpy as np
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
 from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import UserError, first_line
 from prottrans_jax.models.t5 import T5Config, abstract_variables
 from prottrans_jax.vocab import PROT_T5_NUM_SENTINELS, ProteinVocabulary, prot_t5_vocabulary
 
@@ -100,7 +100,7 @@ def _part(part: str | None, state_dict) -> str:
     if part is None:
         return "full" if any(k.startswith("decoder.") for k in state_dict) else "encoder"
     if part not in PARTS:
-        raise ValueError(f"T5 part {part!r}; expected one of {PARTS}")
+        raise UserError(f"T5 part {part!r}; expected one of {PARTS}")
     return part
 
 
@@ -118,7 +118,7 @@ def hf_to_flax(state_dict: dict[str, Any], config: T5Config, part: str | None = 
     part = _part(part, state_dict)
     embedding_key = next((k for k in EMBEDDING_KEYS if k in state_dict), None)
     if embedding_key is None:
-        raise ValueError(f"missing Hugging Face weight 'shared.weight' (nor any alias {EMBEDDING_KEYS[1:]})")
+        raise UserError(f"missing Hugging Face weight 'shared.weight' (nor any alias {EMBEDDING_KEYS[1:]})")
     ignored = set(k for k in IGNORED_KEYS if k in state_dict)
     if part == "encoder":  # the encoder of a full checkpoint: its decoder is not needed
         ignored.update(k for k in state_dict if k.startswith("decoder.") or k == LM_HEAD_KEY)
@@ -137,7 +137,7 @@ def _check_tied_copy(state_dict: dict[str, np.ndarray], key: str, embedding_key:
     if state_dict[key].shape != state_dict[embedding_key].shape or not np.array_equal(
         state_dict[key], state_dict[embedding_key]
     ):
-        raise ValueError(
+        raise UserError(
             f"Hugging Face weight {key!r} differs from {embedding_key!r} but the config ties them; "
             "use tie_word_embeddings=False (config_from_hf(..., state_dict) detects this)"
         )
@@ -189,10 +189,10 @@ def config_from_hf(
     detect it; without it, tying follows the scaling as in T5 1.0 / 1.1).
     """
     if hf_config.get("model_type", "t5") != "t5":
-        raise ValueError(f"not a T5 config: model_type={hf_config.get('model_type')!r}")
+        raise UserError(f"not a T5 config: model_type={hf_config.get('model_type')!r}")
     feed_forward = hf_config.get("feed_forward_proj", "relu")
     if feed_forward not in ("relu", "gated-gelu"):
-        raise ValueError(f"unsupported T5 feed_forward_proj {feed_forward!r}; expected 'relu' or 'gated-gelu'")
+        raise UserError(f"unsupported T5 feed_forward_proj {feed_forward!r}; expected 'relu' or 'gated-gelu'")
     kwargs: dict[str, Any] = {ours: hf_config[theirs] for theirs, ours in _HF_TO_OURS.items() if hf_config.get(theirs) is not None}
     if isinstance(kwargs.get("eos_id"), list):
         kwargs["eos_id"] = kwargs["eos_id"][0]
@@ -282,7 +282,7 @@ def write_tokenizer(output_dir: str, vocabulary: ProteinVocabulary | None = None
 
     vocabulary = vocabulary or prot_t5_vocabulary()
     if vocabulary != prot_t5_vocabulary():
-        raise ValueError(f"only ProtT5's id table can be written as a T5 tokenizer, not {vocabulary!r}")
+        raise UserError(f"only ProtT5's id table can be written as a T5 tokenizer, not {vocabulary!r}")
     pieces = vocabulary.pieces[: len(vocabulary.pieces) - PROT_T5_NUM_SENTINELS]
     model = sp_pb2.ModelProto()
     model.trainer_spec.model_type = sp_pb2.TrainerSpec.UNIGRAM
@@ -326,7 +326,7 @@ def tokenizer_pieces(model_dir: str) -> list[str]:
         try:
             processor = spm.SentencePieceProcessor(model_file=spiece)
         except Exception as err:
-            raise ValueError(f"cannot read the tokenizer {spiece}: {first_line(err)}") from None
+            raise UserError(f"cannot read the tokenizer {spiece}: {first_line(err)}") from None
         table = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
         if not any(piece.startswith("<extra_id_") for piece in table):
             extra_ids = _read_json(os.path.join(model_dir, TOKENIZER_CONFIG)).get("extra_ids", 100)
@@ -338,9 +338,9 @@ def tokenizer_pieces(model_dir: str) -> list[str]:
             table = {i: piece for i, (piece, _) in enumerate(data["model"]["vocab"])}
             table.update({int(t["id"]): t["content"] for t in data.get("added_tokens", [])})
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"cannot read the tokenizer {tokenizer_json}: not a Unigram vocabulary ({err!r})") from None
+            raise UserError(f"cannot read the tokenizer {tokenizer_json}: not a Unigram vocabulary ({err!r})") from None
         if sorted(table) != list(range(len(table))):
-            raise ValueError(f"tokenizer {tokenizer_json} has gaps in its ids")
+            raise UserError(f"tokenizer {tokenizer_json} has gaps in its ids")
         return [table[i] for i in range(len(table))]
     raise FileNotFoundError(
         f"no tokenizer files in {model_dir} ({SPIECE} or {TOKENIZER_JSON}): they are needed to check "
@@ -353,10 +353,10 @@ def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> P
     ours = list(vocabulary.pieces)
     for token_id, (a, b) in enumerate(zip(pieces, ours)):
         if a != b:
-            raise ValueError(f"{where} disagrees with ProtT5's id table at id {token_id}: "
+            raise UserError(f"{where} disagrees with ProtT5's id table at id {token_id}: "
                              f"{a!r} there, {b!r} in prottrans_jax.vocab; this is not a ProtT5 tokenizer")
     if len(pieces) != len(ours):
-        raise ValueError(f"{where} has {len(pieces)} ids, ProtT5's table {len(ours)}")
+        raise UserError(f"{where} has {len(pieces)} ids, ProtT5's table {len(ours)}")
     return vocabulary
 
 
@@ -372,4 +372,4 @@ def _read_json(path: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+        raise UserError(f"cannot read {path}: {err}") from None

@@ -8,6 +8,7 @@ import seqio
 import tensorflow as tf
 
 from prottrans_jax.data import registry
+from prottrans_jax.errors import UserError
 
 
 def get_task(name: str) -> seqio.Task | seqio.Mixture:
@@ -16,7 +17,7 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
         return seqio.get_mixture_or_task(name)
     except ValueError:
         known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
-        raise ValueError(f"unknown seqio task or mixture {name!r}; registered: {known} "
+        raise UserError(f"unknown seqio task or mixture {name!r}; registered: {known} "
                          "(is the module that registers it imported?)") from None
 
 
@@ -31,7 +32,7 @@ def feature_converter_cls(task: seqio.Task | seqio.Mixture) -> type:
     """The converter of the task's objective (a model brings its own to `get_batches`)."""
     objective = registry.objective_of(task)
     if objective is None:
-        raise ValueError(f"task {task.name!r} was not registered through tasks.register_corpus: "
+        raise UserError(f"task {task.name!r} was not registered through tasks.register_corpus: "
                          "pass the model's feature converter")
     return objective.feature_converter_cls
 

@@ -23,6 +23,7 @@ import seqio
 import tensorflow as tf
 
 from prottrans_jax.data.objectives import CHOSEN, NOT_CHOSEN
+from prottrans_jax.errors import UserError
 
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 
@@ -92,7 +93,7 @@ def check_task_fits(task_name: str, task_features, converter_cls: type, model_na
     """Raises ValueError (one line) unless the task provides exactly the converter's features."""
     wanted, have = set(converter_cls.TASK_FEATURES), set(task_features)
     if wanted != have:
-        raise ValueError(
+        raise UserError(
             f"task {task_name!r} has features {sorted(have)}, but {model_name} reads "
             f"{sorted(wanted)} through {converter_cls.__name__}: choose a task of this model's "
             "objective, or the model of this task's objective")

@@ -34,6 +34,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import ProteinVocabulary
 
 
@@ -108,7 +109,7 @@ def span_corruption_settings(noise_density: float = 0.15,
                              mean_noise_span_length: float = 3.0) -> tuple[float, float]:
     """(noise density, mean noise span length) of T5 span corruption, bound in gin once."""
     if not 0.0 < noise_density < 1.0 or mean_noise_span_length < 1.0:
-        raise ValueError(f"span_corruption_settings: need 0 < noise_density < 1 and "
+        raise UserError(f"span_corruption_settings: need 0 < noise_density < 1 and "
                          f"mean_noise_span_length >= 1, got {noise_density}, "
                          f"{mean_noise_span_length}")
     return float(noise_density), float(mean_noise_span_length)
@@ -221,14 +222,14 @@ def bert_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.15,
     cap: ProtAlbert's 20 at 512 residues predicts ~3.9%, not 15%).
     """
     if max_predictions_per_seq is not None and max_predictions_per_seq < 1:
-        raise ValueError(f"bert_mlm.max_predictions_per_seq={max_predictions_per_seq!r}; expected None or >= 1")
+        raise UserError(f"bert_mlm.max_predictions_per_seq={max_predictions_per_seq!r}; expected None or >= 1")
     vocabulary = _vocabulary(output_features)
     if random_tokens == "residues":
         replacement_ids = tf.constant(vocabulary.residue_ids)
     elif random_tokens == "vocabulary":
         replacement_ids = tf.range(vocabulary.vocab_size, dtype=tf.int32)
     else:
-        raise ValueError(f"bert_mlm.random_tokens={random_tokens!r}; expected 'residues' or "
+        raise UserError(f"bert_mlm.random_tokens={random_tokens!r}; expected 'residues' or "
                          "'vocabulary'")
 
     @seqio.map_over_dataset(num_seeds=1)

@@ -20,6 +20,7 @@ import seqio
 from prottrans_jax.data import objectives, preprocessors
 from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter,
                                                    EncoderMLMFeatureConverter)
+from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import (ProteinVocabulary, prot_albert_vocabulary, prot_bert_vocabulary,
                                  prot_t5_vocabulary)
 
@@ -51,7 +52,7 @@ def register_objective(objective: Objective) -> Objective:
 
 def get_objective(name: str) -> Objective:
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+        raise UserError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
 
 
@@ -72,7 +73,7 @@ def feature_lengths_for(task: seqio.Task | seqio.Mixture, inputs_length: int,
     """Task feature lengths for one model length, as the task's objective derives them."""
     objective = objective_of(task)
     if objective is None:
-        raise ValueError(f"task {task.name!r} was not registered through "
+        raise UserError(f"task {task.name!r} was not registered through "
                          "tasks.register_corpus, so its feature lengths are unknown: set "
                          "TASK_FEATURE_LENGTHS (train.task_feature_lengths) explicitly")
     return objective.feature_lengths(inputs_length, targets_length)

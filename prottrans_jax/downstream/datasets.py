@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prottrans_jax.errors import UserError
+
 SS3_CLASSES = ("H", "E", "C")
 SS8_CLASSES = ("G", "H", "I", "B", "E", "S", "T", "C")
 # DeepLoc 1.0's ten locations, in Light Attention's order.
@@ -48,7 +50,7 @@ _RARE_TO_X = str.maketrans("UZOB", "XXXX")
 _VALID_RESIDUES = set(STANDARD_RESIDUES + "X")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A malformed benchmark file; the message reads "FILE:LINE: reason"."""
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from prottrans_jax.downstream import datasets, features as features_lib, metrics, training
 from prottrans_jax.downstream.report import PAPER_MODEL, Report
-from prottrans_jax.errors import first_line
+from prottrans_jax.errors import USER_ERRORS, first_line
 
 
 def _log(message):
@@ -65,7 +65,7 @@ class FeatureSource:
         if self.model is not None:
             name = f"{self.model.family.name} {self.model.fingerprint}"
             result = features_lib.model_features(
-                self.model, dataset.ids, dataset.sequences, per_residue, self.cache_dir)
+                self.model, dataset.ids, dataset.sequences, per_residue, self.cache_dir, log=_log)
         else:
             name = Path(str(self.spec)).name
             result = features_lib.compute_features(
@@ -480,6 +480,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, OSError) as error:  # bad data, features or model directory
+    except USER_ERRORS as error:  # bad data, features or model directory
         print(f"error: {first_line(error)}", file=sys.stderr)
         sys.exit(2)

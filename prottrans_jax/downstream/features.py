@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from prottrans_jax.downstream import datasets, unirep
+from prottrans_jax.errors import UserError
 
 ONEHOT_ALPHABET = datasets.STANDARD_RESIDUES + "X"
 BUILTIN_FEATURES = ("onehot",) + tuple(unirep.VARIANTS)
 
 
-class FeatureError(ValueError):
+class FeatureError(UserError):
     """Features that do not match the benchmark (missing protein, wrong length, wrong kind)."""
 
 
@@ -90,56 +91,121 @@ def _fingerprint(ids, sequences):
     return digest.hexdigest()[:16]
 
 
-def _cached(kind, ids, sequences, per_residue, cache_dir, compute):
-    """Loads features from `cache_dir` when present; computes and stores them otherwise."""
+def _cache_path(kind, ids, sequences, per_residue, cache_dir):
+    """Where features of `kind` for this exact dataset are cached (None: no cache)."""
     if cache_dir is None:
-        return compute()
+        return None
     level = "residue" if per_residue else "protein"
-    path = Path(cache_dir) / f"{kind}_{level}_{len(ids)}_{_fingerprint(ids, sequences)}.npz"
-    if path.exists():
-        with np.load(path) as data:
-            if per_residue:
-                flat, offsets = data["flat"], data["offsets"]
-                return [flat[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
-            return data["features"]
-    features = compute()
+    return Path(cache_dir) / f"{kind}_{level}_{len(ids)}_{_fingerprint(ids, sequences)}.npz"
+
+
+def _save_npz(path, features, per_residue, **extra):
+    """Writes features atomically (a temporary file, then a rename): never a torn cache file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(path.name[: -len(".npz")] + ".tmp.npz")
     if per_residue:
         offsets = np.concatenate([[0], np.cumsum([len(x) for x in features])])
-        np.savez(tmp, flat=np.concatenate(features), offsets=offsets)
+        np.savez(tmp, flat=np.concatenate(features), offsets=offsets, **extra)
     else:
-        np.savez(tmp, features=features)
+        np.savez(tmp, features=np.asarray(features), **extra)
     os.replace(tmp, path)
+
+
+def _load_npz(path, per_residue):
+    with np.load(path) as data:
+        extra = {key: data[key] for key in data.files if key not in ("flat", "offsets", "features")}
+        if per_residue:
+            flat, offsets = data["flat"], data["offsets"]
+            return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)], extra
+        return data["features"], extra
+
+
+def _cached(kind, ids, sequences, per_residue, cache_dir, compute):
+    """Loads features from `cache_dir` when present; computes and stores them otherwise."""
+    path = _cache_path(kind, ids, sequences, per_residue, cache_dir)
+    if path is None:
+        return compute()
+    if path.exists():
+        return _load_npz(path, per_residue)[0]
+    features = compute()
+    _save_npz(path, features, per_residue)
     return features
 
 
-def model_features(model, ids, sequences, per_residue, cache_dir=None):
+class PartialFeatures:
+    """The proteins already embedded for a cache entry still being computed, so that an
+    interrupted evaluation (Ctrl-C, a killed job) resumes where it stopped.
+
+    `PATH.partial/` beside the cache file `PATH` holds one atomically written .npz per batch
+    (its protein indices and features); the complete cache file replaces the folder at the end.
+    A chunk that cannot be read is dropped, and its proteins are embedded again.
+    """
+
+    def __init__(self, cache_path, per_residue):
+        self.directory = cache_path.with_name(cache_path.name + ".partial")
+        self.per_residue = per_residue
+
+    def load(self, log=print):
+        done = {}
+        for chunk in sorted(self.directory.glob("chunk-*.npz")):
+            if chunk.name.endswith(".tmp.npz"):
+                continue
+            try:
+                features, extra = _load_npz(chunk, self.per_residue)
+            except (OSError, ValueError, KeyError) as err:
+                log(f"  dropping unreadable {chunk} ({type(err).__name__}); its proteins are embedded again")
+                continue
+            done.update(zip((int(i) for i in extra["indices"]), features))
+        return done
+
+    def add(self, embedded):
+        """Stores {protein index: features} of one batch."""
+        indices = sorted(embedded)
+        _save_npz(self.directory / f"chunk-{indices[0]:08d}-{len(indices)}.npz",
+                  [embedded[i] for i in indices], self.per_residue, indices=np.array(indices))
+
+    def remove(self):
+        if self.directory.is_dir():
+            for chunk in self.directory.iterdir():
+                chunk.unlink()
+            self.directory.rmdir()
+
+
+def model_features(model, ids, sequences, per_residue, cache_dir=None, log=print):
     """A model's embeddings of the sequences (`prottrans_jax.inference`), cached by fingerprint.
 
     `model` is an `InferenceModel`; per residue: float16 (L, D) arrays; per protein: the
-    float32 mean over residues, as the embedding command writes them.
+    float32 mean over residues, as the embedding command writes them. With `cache_dir`, each
+    batch is kept as it completes (`PartialFeatures`): a second run embeds only what is left.
     """
     from prottrans_jax.inference import Protein, embed_sequences
     from prottrans_jax.vocab import normalize_sequence
 
-    def compute():
-        proteins = [Protein(str(i), normalize_sequence(s)) for i, s in enumerate(sequences)]
-        rows, means = [None] * len(proteins), np.zeros((len(proteins), model.d_model), np.float32)
-        summary = {}
-        for done in embed_sequences(model, proteins, per_residue=per_residue, summary=summary):
-            for k, protein in enumerate(done.batch.proteins):
-                index = int(protein.id)
-                means[index] = done.means[k]
-                if per_residue:
-                    rows[index] = done.per_residue[k].astype(np.float16)
-        if summary["out_of_memory_ids"]:
-            raise FeatureError(f"{len(summary['out_of_memory_ids'])} proteins did not fit in device "
-                               "memory: evaluate them on a larger device")
-        return rows if per_residue else means
-
     kind = f"{model.family.name}-{model.fingerprint}-{model.dtype}"
-    return _cached(kind, ids, sequences, per_residue, cache_dir, compute)
+    path = _cache_path(kind, ids, sequences, per_residue, cache_dir)
+    if path is not None and path.exists():
+        return _load_npz(path, per_residue)[0]
+    partial = PartialFeatures(path, per_residue) if path is not None else None
+    done = partial.load(log) if partial is not None else {}
+    if done:
+        log(f"  resuming: {len(done)} of {len(ids)} proteins already embedded in {partial.directory}")
+    proteins = [Protein(str(i), normalize_sequence(s)) for i, s in enumerate(sequences) if i not in done]
+    summary = {}
+    for result in embed_sequences(model, proteins, per_residue=per_residue, summary=summary):
+        embedded = {int(protein.id): (result.per_residue[k].astype(np.float16) if per_residue else result.means[k])
+                    for k, protein in enumerate(result.batch.proteins)}
+        done.update(embedded)
+        if partial is not None:
+            partial.add(embedded)
+    if summary.get("out_of_memory_ids"):
+        raise FeatureError(f"{len(summary['out_of_memory_ids'])} proteins did not fit in device "
+                           "memory: evaluate them on a larger device")
+    features = [done[i] for i in range(len(ids))]
+    features = features if per_residue else np.stack(features).astype(np.float32)
+    if path is not None:
+        _save_npz(path, features, per_residue)
+        partial.remove()
+    return features
 
 
 def compute_features(spec, ids, sequences, per_residue, cache_dir=None, log=print):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from prottrans_jax.downstream import datasets, features as features_lib, taxonomy, unirep
+from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 
 SEED = 0
 AMINO_ACIDS = datasets.STANDARD_RESIDUES
@@ -72,7 +73,7 @@ def load_token_embeddings(hf_model=None, model_dir=None):
     for letter in AMINO_ACIDS:
         (index,) = model.vocabulary.encode(letter)
         if index == model.vocabulary.unk_id:
-            raise ValueError(f"{model.name}: vocabulary has no token for amino acid {letter}")
+            raise UserError(f"{model.name}: vocabulary has no token for amino acid {letter}")
         rows.append(matrix[index])
     return np.stack(rows), list(AMINO_ACIDS)
 
@@ -234,8 +235,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, OSError) as error:  # bad data, features or model directory
-        from prottrans_jax.errors import first_line
-
+    except USER_ERRORS as error:  # bad data, features or model directory
         print(f"error: {first_line(error)}", file=sys.stderr)
         sys.exit(2)

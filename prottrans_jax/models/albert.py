@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from prottrans_jax import families
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.bert import Bert, BertConfig, BertEncoder, BertLayer, BertMLMModel, dense
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Dense, Embed, LayerNorm, activation,
@@ -86,10 +87,10 @@ class AlbertConfig(ComputeDtypes):
                            "inner_group_num", "num_heads", "intermediate_size", "max_position_embeddings",
                            "type_vocab_size"), {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"AlbertConfig.hidden_size {self.hidden_size} must divide by "
+            raise UserError(f"AlbertConfig.hidden_size {self.hidden_size} must divide by "
                              f"num_heads {self.num_heads}")
         if self.num_hidden_groups > self.num_layers:
-            raise ValueError(f"AlbertConfig.num_hidden_groups {self.num_hidden_groups} exceeds num_layers "
+            raise UserError(f"AlbertConfig.num_hidden_groups {self.num_hidden_groups} exceeds num_layers "
                              f"{self.num_layers}: a group would never run")
 
     @property

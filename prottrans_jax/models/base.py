@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prottrans_jax import losses
+from prottrans_jax.errors import UserError
 
 
 class Average(NamedTuple):
@@ -86,10 +87,10 @@ class ComputeDtypes:
         where = type(self).__name__
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{where}.{name}={getattr(self, name)!r}; expected one of {allowed}")
+                raise UserError(f"{where}.{name}={getattr(self, name)!r}; expected one of {allowed}")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"{where}.{name} must be positive, got {getattr(self, name)}")
         self.check_dtypes()
 
     @property

@@ -33,6 +33,7 @@ import numpy as np
 
 from prottrans_jax import families
 from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention import (MultiHeadAttention, combine_masks, make_attention_mask,
                                             mask_to_bias, segment_or_token_validity)
 from prottrans_jax.models.base import ComputeDtypes, Metrics, Sum, count_sequences, token_metrics
@@ -78,7 +79,7 @@ class BertConfig(ComputeDtypes):
                            "max_position_embeddings", "type_vocab_size"),
                           {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"BertConfig.hidden_size {self.hidden_size} must divide by "
+            raise UserError(f"BertConfig.hidden_size {self.hidden_size} must divide by "
                              f"num_heads {self.num_heads}")
 
     @property

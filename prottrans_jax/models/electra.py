@@ -37,6 +37,7 @@ import optax
 
 from prottrans_jax import families
 from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
+from prottrans_jax.errors import UserError
 from prottrans_jax.models import bert
 from prottrans_jax.models.attention import segment_or_token_validity
 from prottrans_jax.models.base import Average, ComputeDtypes, Metrics, Sum, count_sequences, token_metrics
@@ -90,7 +91,7 @@ class ElectraConfig(ComputeDtypes):
         for prefix in ("", "generator_"):
             width, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_heads")
             if width % heads:
-                raise ValueError(f"ElectraConfig.{prefix}hidden_size {width} must divide by "
+                raise UserError(f"ElectraConfig.{prefix}hidden_size {width} must divide by "
                                  f"{prefix}num_heads {heads}")
 
     def tower(self, name: str) -> bert.BertConfig:
@@ -248,7 +249,7 @@ class ElectraPretrainModel:
 
     def __post_init__(self):
         if self.temperature <= 0:
-            raise ValueError(f"ElectraPretrainModel.temperature must be positive, got {self.temperature}")
+            raise UserError(f"ElectraPretrainModel.temperature must be positive, got {self.temperature}")
 
     @property
     def module(self) -> Electra:

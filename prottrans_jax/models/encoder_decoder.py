@@ -20,6 +20,7 @@ import numpy as np
 
 from prottrans_jax import families
 from prottrans_jax.data.feature_converters import EncDecMaskedFeatureConverter
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.base import Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.t5 import T5, T5Config, dummy_inputs
 from prottrans_jax.partitioning import unbox_shapes
@@ -49,7 +50,7 @@ class EncoderDecoderModel:
 
     def __post_init__(self):
         if self.loss_on not in LOSS_ON:
-            raise ValueError(f"EncoderDecoderModel.loss_on={self.loss_on!r}; expected one of {LOSS_ON}")
+            raise UserError(f"EncoderDecoderModel.loss_on={self.loss_on!r}; expected one of {LOSS_ON}")
 
     @property
     def module(self) -> T5:

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prottrans_jax.errors import UserError
+
 Initializer = Callable[..., jax.Array]
 
 # T5X's initialisers: fan-in scaled dense kernels, unit-variance embeddings.
@@ -34,7 +36,7 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         return lambda x: nn.gelu(x, approximate=False)
     if name == "gelu_tanh":
         return lambda x: nn.gelu(x, approximate=True)
-    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+    raise UserError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
 
 
 class Dense(nn.Module):
@@ -173,7 +175,7 @@ class MlpBlock(nn.Module):
         elif self.activation in ACTIVATIONS:
             hidden = activation(self.activation)(dense(self.intermediate_dim, ("embed", "mlp"), "wi")(x))
         else:
-            raise ValueError(f"unknown feed-forward activation {self.activation!r}")
+            raise UserError(f"unknown feed-forward activation {self.activation!r}")
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
         return dense(x.shape[-1], ("mlp", "embed"), "wo")(hidden)
@@ -192,7 +194,7 @@ def remat_layer(layer_cls: type[nn.Module], policy: str, scanned: bool) -> type[
     elif policy == "minimal":
         checkpoint_policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
     else:
-        raise ValueError(f"unknown remat_policy {policy!r}; expected one of {REMAT_POLICIES}")
+        raise UserError(f"unknown remat_policy {policy!r}; expected one of {REMAT_POLICIES}")
     # Under scan, CSE across iterations is impossible anyway, and prevent_cse costs speed.
     return nn.remat(layer_cls, policy=checkpoint_policy, prevent_cse=not scanned)
 

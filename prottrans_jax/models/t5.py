@@ -22,6 +22,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention import (
     MultiHeadAttention,
     RelativePositionBias,
@@ -84,14 +85,14 @@ class T5Config(ComputeDtypes):
 
     def __post_init__(self):
         if self.feed_forward not in FEED_FORWARD_TYPES:
-            raise ValueError(f"T5Config.feed_forward={self.feed_forward!r}; expected one of {FEED_FORWARD_TYPES}")
+            raise UserError(f"T5Config.feed_forward={self.feed_forward!r}; expected one of {FEED_FORWARD_TYPES}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+            raise UserError(f"T5Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
         if self.num_decoder_layers < 0:
-            raise ValueError(f"T5Config.num_decoder_layers must be >= 0, got {self.num_decoder_layers}")
+            raise UserError(f"T5Config.num_decoder_layers must be >= 0, got {self.num_decoder_layers}")
         self.check_dtypes()
 
     @property

@@ -120,3 +120,46 @@ def test_a_features_file_that_is_not_hdf5_is_a_one_line_error_naming_it(tmp_path
     path.write_text("not an HDF5 file\n")
     with pytest.raises(features.FeatureError, match=f"{path}: not an HDF5 embeddings file"):
         features.read_h5(path, ["a"], ["MKT"], per_residue=False)
+
+
+def test_an_interrupted_model_embedding_resumes_from_the_cache(tiny_t5_hf_dir, tmp_path, monkeypatch):
+    """Ctrl-C during an on-the-fly embedding in --cache_dir once lost all of it: the batches
+    that completed are kept, and the next run embeds only the rest, to the same features."""
+    from prottrans_jax import inference
+    from prottrans_jax.inference import load_for_inference
+
+    ids = [f"p{i}" for i in range(6)]
+    sequences = ["MKVLAAGIIW" * 3, "ACDEFGHIK" * 2, "GSHMW", "LLLKKKVVV", "MPQRSTV", "WYWYWYA" * 4]
+    model = load_for_inference(hf_model=tiny_t5_hf_dir(0))
+    straight = features.model_features(model, ids, sequences, True)
+
+    real = inference.embed_sequences
+    embedded = []
+
+    def interrupted_after_one_batch(model, proteins, **kwargs):
+        for n, result in enumerate(real(model, proteins, max_tokens=40, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            embedded.extend(p.id for p in result.batch.proteins)
+            yield result
+
+    monkeypatch.setattr(inference, "embed_sequences", interrupted_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        features.model_features(model, ids, sequences, True, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("*.npz"))  # nothing looks complete
+    first_batch = list(embedded)
+    assert 0 < len(first_batch) < len(ids)
+
+    def counting(model, proteins, **kwargs):
+        embedded.extend(p.id for p in proteins)
+        return real(model, proteins, **kwargs)
+
+    embedded.clear()
+    monkeypatch.setattr(inference, "embed_sequences", counting)
+    lines = []
+    resumed = features.model_features(model, ids, sequences, True, cache_dir=tmp_path, log=lines.append)
+    assert sorted(embedded) == sorted(set(str(i) for i in range(6)) - set(first_batch))
+    assert any(f"resuming: {len(first_batch)} of 6 proteins" in line for line in lines)
+    for a, b in zip(straight, resumed):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-3)
+    assert len(list(tmp_path.glob("*.npz"))) == 1 and not list(tmp_path.glob("*.partial"))
