@@ -68,7 +68,7 @@ def main():
             started = time.time()
             old_stdout, sys.stdout = sys.stdout, sys.stderr  # keep stdout for the JSON object
             try:
-                evaluate.main(
+                code = evaluate.main(
                     CONFIGS[name]
                     + [
                         "--data_dir",
@@ -81,6 +81,8 @@ def main():
                 )
             finally:
                 sys.stdout = old_stdout
+            if code != 0:
+                sys.exit(f"{name}: evaluate failed (exit {code})")
             timings[name] = round(time.time() - started, 1)
         report = json.loads(report_path.read_text())
         for row in report["paper_comparison"]:

@@ -36,7 +36,7 @@ class CheckpointMismatchError(UserError):
     """The checkpoint's tree or shapes differ from the model being trained."""
 
 
-class CheckpointCorruptError(RuntimeError):
+class CheckpointCorruptError(UserError):
     """A checkpoint step directory cannot be read."""
 
 
@@ -141,10 +141,10 @@ class Checkpointer:
         try:
             metadata = self._manager.item_metadata(step)[STATE]
         except Exception as error:  # orbax raises many types for unreadable files.
-            raise self._corrupt(step, _describe(error)) from error
+            raise self.corrupt_error(step, _describe(error)) from error
         leaves = jax.tree_util.tree_flatten_with_path(metadata)[0] if metadata is not None else []
         if not leaves:
-            raise self._corrupt(step, f"no '{STATE}' metadata")
+            raise self.corrupt_error(step, f"no '{STATE}' metadata")
         return {path_to_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
     def check_matches(self, abstract_state: Any, step: int) -> None:
@@ -191,13 +191,13 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as error:
-            raise self._corrupt(step, _describe(error)) from error
+            raise self.corrupt_error(step, _describe(error)) from error
         input_position = restored[INPUT_POSITION]
         if input_position is None:
-            raise self._corrupt(step, f"no '{INPUT_POSITION}'")
+            raise self.corrupt_error(step, f"no '{INPUT_POSITION}'")
         return restored[STATE], dict(input_position)
 
-    def _corrupt(self, step: int, cause: str) -> CheckpointCorruptError:
+    def corrupt_error(self, step: int, cause: str) -> CheckpointCorruptError:
         """The error for an unreadable step, with the way to go on: from the latest finished
         step before it (it once ended in a TensorStore repr alone)."""
         earlier = [s for s in self.all_steps() if s < step]

@@ -178,6 +178,9 @@ def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None =
             raise UserError(f"--{name} must be positive, got {value}")
     # Read first: a FASTA error should not wait for a model to load.
     proteins, stats = read_proteins(fasta_path, policy)
+    if not proteins:  # an empty output would look like a finished embedding of nothing
+        dropped = f", all dropped: {dict(stats.dropped)}" if stats.dropped else ""
+        raise UserError(f"{fasta_path}: no protein to embed ({stats.read} record(s) read{dropped})")
     model = load_for_inference(model_dir, hf_model, dtype, sharding=replicated_sharding(), part=part)
     check = {"model_fingerprint": model.fingerprint, "dtype": model.dtype, "d_model": model.d_model}
     attrs = {"model": model.name, "family": model.family.name, "part": model.encoder.part,

@@ -121,11 +121,8 @@ def _config_from_gin_text(text: str, where: str) -> tuple[families.Family, Any]:
 
 def latest_step(model_dir: str) -> int:
     """The newest finished checkpoint step in MODEL_DIR (orbax ignores unfinished ones)."""
-    checkpointer = Checkpointer(model_dir, async_save=False)
-    try:
+    with Checkpointer(model_dir, async_save=False) as checkpointer:
         step = checkpointer.latest_step()
-    finally:
-        checkpointer.close()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {model_dir}")
     return int(step)
@@ -145,10 +142,19 @@ def restore_params(model_dir: str, stored: StoredModel, keys: Iterable[str] | No
     Orbax's partial restore reads the requested subtree of the `state` item and nothing else,
     so the optimizer state (2x the parameters for Adam) is never allocated.
     """
-    step = latest_step(model_dir) if step is None else int(step)
+    with Checkpointer(model_dir, async_save=False) as checkpointer:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {model_dir}")
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(f"{model_dir} has no finished checkpoint at step {step} "
+                                    f"(it has {', '.join(map(str, steps))})")
+        return _restore_params(checkpointer, model_dir, stored, keys, step, sharding), step
+
+
+def _restore_params(checkpointer, model_dir, stored, keys, step, sharding) -> dict:
     state_dir = _path(model_dir) / str(step) / STATE
-    if not state_dir.is_dir():
-        raise FileNotFoundError(f"no checkpoint state at {state_dir}")
     abstract = abstract_params(stored, keys)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)}
@@ -159,8 +165,8 @@ def restore_params(model_dir: str, stored: StoredModel, keys: Iterable[str] | No
         restored = ocp.PyTreeCheckpointer().restore(
             state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
     except Exception as err:  # orbax and tensorstore raise many types
-        raise UserError(f"cannot restore the parameters from {state_dir} with the stored "
-                         f"{stored.family.name} config: {first_line(err)}") from None
+        raise checkpointer.corrupt_error(step, f"its parameters do not restore with the stored "
+                                               f"{stored.family.name} config ({first_line(err)})") from None
     params = restored["params"]
     for path, leaf in jax.tree_util.tree_flatten_with_path(item["params"])[0]:
         got = params
@@ -169,4 +175,4 @@ def restore_params(model_dir: str, stored: StoredModel, keys: Iterable[str] | No
         if tuple(got.shape) != tuple(leaf.shape):
             raise UserError(f"checkpoint {state_dir}: parameter {jax.tree_util.keystr(path)} has shape "
                              f"{tuple(got.shape)}, the stored model config expects {tuple(leaf.shape)}")
-    return params, step
+    return params

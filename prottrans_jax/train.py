@@ -20,6 +20,7 @@ import argparse
 import difflib
 import os
 import sys
+import tokenize
 from typing import Sequence
 
 import gin
@@ -59,8 +60,6 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-# User mistakes and damaged inputs: one line. A bare ValueError is a bug and keeps its traceback.
-EXPECTED_ERRORS = (*USER_ERRORS, checkpoints.CheckpointCorruptError)
 
 
 def check_override_macros(bindings: Sequence[str]) -> None:
@@ -90,7 +89,13 @@ def run(argv: Sequence[str]) -> tuple[int, dict]:
                                            for p in arg.split(",") if p]:
         gin.add_config_file_search_path(path)
     try:
-        gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+        for path in args.gin_file:  # one at a time, so that a syntax error names its file
+            try:
+                gin.parse_config_file(path)
+            except tokenize.TokenError as error:  # an unclosed bracket or string
+                raise SyntaxError(f"{path}: {error.args[0]}") from None
+        gin.parse_config(args.gin_bindings)
+        gin.finalize()
         check_override_macros(args.gin_bindings)
     except (ValueError, IOError, SyntaxError, ImportError) as error:
         if args.debug:
@@ -99,7 +104,7 @@ def run(argv: Sequence[str]) -> tuple[int, dict]:
         return 1, {}
     try:
         result = train()
-    except EXPECTED_ERRORS as error:
+    except USER_ERRORS as error:  # a bare ValueError is a bug and keeps its traceback
         if args.debug:
             raise
         print(f"error: {first_line(error)}", file=sys.stderr)

@@ -29,7 +29,7 @@ import tensorflow as tf
 from prottrans_jax import checkpoints, families, model_dir as model_dir_lib, optimizers, partitioning
 from prottrans_jax.data import dataset, registry
 from prottrans_jax.data.feature_converters import check_task_fits
-from prottrans_jax.errors import USER_ERRORS, UserError
+from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.models.base import Average, Sum, summarize
 from prottrans_jax.trainer import Trainer, peak_flops_per_device
 
@@ -220,6 +220,10 @@ def train(*,
     model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
         raise UserError(f"MODEL_DIR {model_dir} is a file, not a directory")
+    try:
+        tf.io.gfile.makedirs(model_dir)
+    except (OSError, tf.errors.OpError) as error:
+        raise UserError(f"MODEL_DIR {model_dir} cannot be written: {first_line(error)}") from None
     run = _Run(model_dir=model_dir, phase=phase, seed=seed, task_name=mixture_or_task_name,
                feature_lengths=task_feature_lengths, batch_size=batch_size)
     checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_interval, keep_checkpoints,

@@ -207,6 +207,11 @@ def test_bad_inputs_are_one_line_errors(embed, setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 1 and err.startswith(f"error: {odd}: FASTA id {odd_id!r} cannot name an HDF5 dataset ({why}")
         assert not os.path.exists(tmp_path / "o.h5")
+    empty = tmp_path / "empty.fasta"  # once an empty "finished" HDF5 and exit 0
+    empty.write_text("")
+    code = embed.main(["--fasta", str(empty), "--output", str(tmp_path / "o.h5"), "--hf_model", hf_dir])
+    assert code == 1 and capsys.readouterr().err.strip() == f"error: {empty}: no protein to embed (0 record(s) read)"
+    assert not os.path.exists(tmp_path / "o.h5")
 
 
 def test_out_of_memory_skips_a_long_protein_but_stops_on_a_batch():

@@ -171,6 +171,17 @@ def test_an_input_with_no_protein_to_write_is_refused(tmp_path, capsys):
         assert list(out.iterdir()) == []
 
 
+def test_a_utf8_byte_order_mark_is_accepted_by_the_builder_too(tmp_path):
+    """The reader accepted a BOM; the builder's own splitter ended in `KeyError: 1`."""
+    for name, opener in (("bom.fa", open), ("bom.fa.gz", gzip.open)):
+        with opener(tmp_path / name, "wb") as handle:
+            handle.write(b"\xef\xbb\xbf>P1\nMKT\n>P2\nACDEF\n")
+        out = tmp_path / f"out_{name}"
+        assert main(["--input", str(tmp_path / name), "--output_dir", str(out), "--num_shards", "1",
+                     "--validation_fraction", "0"]) == 0
+        assert read_corpus(out)["train"] == {"P1": "M K T", "P2": "A C D E F"}
+
+
 def test_duplicate_ids_are_reported_with_both_lines(tmp_path):
     fasta = tmp_path / "dup.fa"
     fasta.write_text(">P1\nMKT\n>P2\nAAA\n>P1\nWW\n")

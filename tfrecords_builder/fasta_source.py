@@ -35,6 +35,7 @@ PROBLEM = "problem"
 CORRUPT_INPUT = "corrupt_input"
 TRUNCATED_INPUT = "truncated_input"
 DECOMPRESSION_ERRORS = (zlib.error, lzma.LZMAError, EOFError, OSError)
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def newlines_before(path: str, offset: int, compression: str = CompressionTypes.AUTO) -> int:
@@ -83,6 +84,8 @@ class FastaSource(filebasedsource.FileBasedSource):
                         return
                     lines_read[0] += 1
                     line_start, position = position, position + len(raw)
+                    if line_start == 0 and raw.startswith(UTF8_BOM):  # as some editors write
+                        raw, line_start = raw[len(UTF8_BOM):], len(UTF8_BOM)
                     if raw.startswith(b">"):
                         if not range_tracker.try_claim(line_start):
                             return

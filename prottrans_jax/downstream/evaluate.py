@@ -423,6 +423,8 @@ def parse_args(argv):
     for name, least in (("cv_folds", 2), ("max_epochs", 1), ("patience", 1), ("max_train", 0)):
         if getattr(args, name) is not None and getattr(args, name) < least:
             parser.error(f"--{name} must be at least {least}, got {getattr(args, name)}")
+    if not Path(args.data_dir).is_dir():  # else every benchmark file would be "absent"
+        parser.error(f"--data_dir {args.data_dir}: no such directory")
     return args
 
 
@@ -436,6 +438,15 @@ def training_config(args) -> training.TrainConfig:
 
 
 def main(argv=None):
+    """The command: exit 0 done, 2 bad data, features or model directory (one line)."""
+    try:
+        return run(argv)
+    except USER_ERRORS as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 2
+
+
+def run(argv=None):
     args = parse_args(argv)
     if args.export_fasta:
         export_fasta(args, args.export_fasta)
@@ -478,8 +489,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except USER_ERRORS as error:  # bad data, features or model directory
-        print(f"error: {first_line(error)}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

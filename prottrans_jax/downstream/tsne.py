@@ -161,6 +161,15 @@ def plot_proteins(panels, scop_class, domain, path):
 
 
 def main(argv=None):
+    """The command: exit 0 done, 2 bad data, features or model directory (one line)."""
+    try:
+        return run(argv)
+    except USER_ERRORS as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 2
+
+
+def run(argv=None):
     parser = argparse.ArgumentParser(description="t-SNE of token and protein embeddings.")
     parser.add_argument("--scope", required=True, help="SCOPe ASTRAL FASTA")
     parser.add_argument(
@@ -233,8 +242,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except USER_ERRORS as error:  # bad data, features or model directory
-        print(f"error: {first_line(error)}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

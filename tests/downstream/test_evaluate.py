@@ -27,7 +27,7 @@ def test_full_cb513_onehot_run(shared_data, tmp_path):
     (data_dir / "netsurfp2").mkdir(parents=True)
     shutil.copy(shared_data / "netsurfp2" / "CB513_HHblits.csv", data_dir / "netsurfp2")
     report_dir = tmp_path / "report"
-    evaluate.main(
+    assert 0 == evaluate.main(
         [
             "--benchmark",
             "secondary_structure",
@@ -69,7 +69,7 @@ def test_localisation_subset(shared_data, tmp_path):
     (data_dir / "deeploc").mkdir(parents=True)
     (data_dir / "deeploc" / "subset.fasta").write_text("\n".join(subset) + "\n")
     report_dir = tmp_path / "report"
-    evaluate.main(
+    assert 0 == evaluate.main(
         [
             "--benchmark",
             "localisation",
@@ -131,12 +131,15 @@ def test_folds_epochs_and_patience_that_cannot_train_are_refused(capsys):
             evaluate.parse_args([*base, flag, value])
         assert exit_info.value.code == 2
         assert f"{flag} must be at least {least}, got {value}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a missing --data_dir once skipped DeepLoc and exited 0
+        evaluate.parse_args(base)
+    assert "--data_dir d: no such directory" in capsys.readouterr().err
 
 
-def test_the_report_describes_the_training_that_runs():
+def test_the_report_describes_the_training_that_runs(tmp_path):
     """The per-protein head trained up to 200 epochs (patience 20) while the report said
     "<= 40 epochs, patience 5"; the flags now reach it, and the report says what ran."""
-    base = ["--features", "onehot", "--data_dir", "d", "--report", "r"]
+    base = ["--features", "onehot", "--data_dir", str(tmp_path), "--report", "r"]
     localisation = evaluate.training_config(evaluate.parse_args(["--benchmark", "localisation", *base]))
     assert (localisation.max_epochs, localisation.patience) == (200, 20)
     assert "<= 200 epochs" in localisation.describe() and "patience 20" in localisation.describe()

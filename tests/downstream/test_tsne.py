@@ -56,7 +56,7 @@ def test_protein_level_tsne_on_scope_subset(shared_data, tmp_path):
     if not (taxonomy.DEFAULT_TAXONOMY_DIR / "nodes.dmp").is_file():
         pytest.skip("NCBI taxonomy (Debian emboss-data) not installed")
     scope = shared_data / "scope" / "astral-scopedom-seqres-gd-sel-gs-bib-40-2.07.fa"
-    tsne.main(
+    assert 0 == tsne.main(
         [
             "--scope",
             str(scope),
