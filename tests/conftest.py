@@ -347,3 +347,33 @@ def tiny_electra_hf_dir(tmp_path_factory):
         return made[seed]
 
     return make
+
+
+# ------------------------------------------------------------------ XLNet / Transformer-XL
+
+
+# A tiny XLNet in ProtXLNet's layout (ReLU FFN, per-layer biases), dropout off, memory off.
+TINY_XLNET = dict(vocab_size=30, d_model=32, n_layer=2, n_head=4, d_inner=64, ff_activation="relu",
+                  dropout=0.0, mem_len=None, reuse_len=None, bi_data=False, clamp_len=-1)
+
+
+def random_hf_xlnet(head: str = "lm", seed: int = 0, **overrides):
+    """A random Hugging Face XLNet (`lm`: XLNetLMHeadModel, `model`: XLNetModel) in eval mode,
+    with weights large enough that attention is far from uniform (HF's init, std 0.02, would
+    make every score ~0 and hide layout errors) and non-trivial LayerNorms."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.XLNetConfig(**{**TINY_XLNET, **overrides})
+    cls = {"lm": transformers.XLNetLMHeadModel, "model": transformers.XLNetModel}[head]
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "layer_norm.weight" in name:
+                parameter.uniform_(0.5, 1.5)
+            elif name.endswith("bias") and "layer_norm" in name:
+                parameter.normal_(0.0, 0.1)
+            else:
+                parameter.normal_(0.0, 0.2)
+    return model

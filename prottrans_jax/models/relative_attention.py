@@ -1,0 +1,346 @@
+"""Transformer-XL's relative positional attention with segment-level memory: the layer stack
+that ProtXLNet (models/xlnet.py) and ProtTXL (models/transfo_xl.py) share.
+
+The math is Hugging Face's `XLNetRelativeAttention` / `XLNetLayer` / `XLNetModel` (transformers
+5, itself zihangdai/xlnet's `rel_multihead_attn`), batch-major here ((batch, length, d), where
+the PyTorch code is time-major (length, batch, d)):
+
+    score(i, j) = [(q_i + r_w_bias) . k_j                     content (ac)
+                 + (q_i + r_r_bias) . W_r R(pos_i - pos_j)    position (bd, by the rel-shift)
+                 + (q_i + r_s_bias) . seg_embed[s_i != s_j]]  segment (ef; XLNet only)
+                 / sqrt(d_head)
+
+with R the sinusoid of a relative distance, r_*_bias per layer (XLNet's and TXL's "untie_r";
+transformers 5 has no shared variant), keys and values over `memory ++ segment`, post-LayerNorm
+after the attention and after the ReLU FFN. Transformer-XL is the special case "uni" attention
+(causal over memory and segment), one stream, no segment term.
+
+XLNet's query stream (`g`, the two-stream attention of pre-training) uses the same projections
+as the content stream `h` and attends to `h`'s keys and values with its own mask.
+
+Memory: each layer's **input** over the current segment (XLNet's `cache_mem`, TXL's
+`_update_mems` with ext_len 0), concatenated to the previous memory, the last `mem_len` kept,
+under `stop_gradient`. Memories enter and leave as one array (num_layers, batch, mem, d);
+mem 0 is no memory (the first segment, as in kimiyoung/cybertronai TXL and XLNet: Hugging
+Face's TransfoXL port attended zero memories instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prottrans_jax.models.attention import MASKED_LOGIT
+from prottrans_jax.models.base import ComputeDtypes
+from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
+                                         remat_layer)
+
+ATTN_TYPES = ("bi", "uni")
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeConfig(ComputeDtypes):
+    """The fields the shared stack reads; XLNetConfig and TransfoXLConfig add their own.
+
+    Names follow BertConfig; Hugging Face's XLNetConfig names: hidden_size d_model, num_layers
+    n_layer, num_heads n_head, head_dim d_head, intermediate_size d_inner, hidden_act
+    ff_activation, dropout_prob and attention_dropout_prob both `dropout` (TXL: dropout, dropatt).
+    """
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_prob", "attention_dropout_prob", "mem_len",
+                                                  "dtype", "param_dtype", "remat_policy", "scan_layers")
+
+    vocab_size: int = 32
+    hidden_size: int = 1024
+    num_layers: int = 30
+    num_heads: int = 16
+    head_dim: int = 64
+    intermediate_size: int = 4096
+    hidden_act: str = "relu"
+    dropout_prob: float = 0.1
+    attention_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    clamp_len: int = -1  # > 0: relative distances clamped to +-clamp_len
+    same_length: bool = False  # "uni": every query sees the same number of keys
+    mem_len: int = 0  # > 0: return the new memory, its last mem_len positions; 0: none
+    reuse_len: int = 0  # > 0: only the first reuse_len positions of a segment enter the memory
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    scan_layers: bool = False
+
+    def check_relative_fields(self, positive: tuple[str, ...] = ()) -> None:
+        self.check_fields(("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim",
+                           "intermediate_size", *positive),
+                          {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
+        for name in ("mem_len", "reuse_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def kernel_init(self):
+        return nn.initializers.normal(self.initializer_range)
+
+
+# ---------------------------------------------------------------------- positions and masks
+
+
+def relative_distances(qlen: int, klen: int, attn_type: str) -> jax.Array:
+    """The distances the sinusoids encode, largest first: klen .. -qlen+1 ("bi") or klen .. 0
+    ("uni", no future keys): XLNet's pos_seq (one more than a query needs; see rel_shift)."""
+    if attn_type == "bi":
+        pos_seq = jnp.arange(klen, -qlen, -1)
+    elif attn_type == "uni":
+        pos_seq = jnp.arange(klen, -1, -1)
+    else:
+        raise ValueError(f"attn_type {attn_type!r}; expected one of {ATTN_TYPES}")
+    return pos_seq.astype(jnp.float32)
+
+
+def sinusoid_embedding(pos_seq: jax.Array, width: int) -> jax.Array:
+    """[sin(p f), cos(p f)] with f = 1 / 10000^(2i / width): (len(pos_seq), width), float32."""
+    inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, width, 2, dtype=jnp.float32) / width))
+    angles = pos_seq[:, None] * inv_freq[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def relative_position_embedding(qlen: int, klen: int, width: int, attn_type: str, clamp_len: int = -1,
+                                bi_data: bool = False, batch_size: int = 1) -> jax.Array:
+    """(1, P, width), or with `bi_data` (batch_size, P, width): the first half of the batch sees
+    forward distances, the second half negated ones (XLNet's bidirectional data pipeline);
+    distances clamped to +-clamp_len when clamp_len > 0."""
+    pos_seq = relative_distances(qlen, klen, attn_type)
+    forward = sinusoid_embedding(_clamp(pos_seq, clamp_len), width)[None]
+    if not bi_data:
+        return forward
+    if batch_size % 2:
+        raise ValueError(f"bi_data needs an even batch size, got {batch_size}")
+    backward = sinusoid_embedding(_clamp(-pos_seq, clamp_len), width)[None]
+    half = batch_size // 2
+    return jnp.concatenate([jnp.broadcast_to(forward, (half,) + forward.shape[1:]),
+                            jnp.broadcast_to(backward, (half,) + backward.shape[1:])], axis=0)
+
+
+def _clamp(pos_seq: jax.Array, clamp_len: int) -> jax.Array:
+    return jnp.clip(pos_seq, -clamp_len, clamp_len) if clamp_len > 0 else pos_seq
+
+
+def causal_visibility(qlen: int, mlen: int, same_length: bool = False) -> jax.Array:
+    """Boolean (qlen, mlen + qlen): query i sees the memory and segment positions <= i; with
+    `same_length`, also not the keys more than mlen before it (XLNet's `create_mask`)."""
+    query = jnp.arange(qlen)[:, None]
+    key = jnp.arange(mlen + qlen)[None, :]
+    visible = key <= query + mlen
+    if same_length:
+        visible = jnp.logical_and(visible, key >= query)
+    return visible
+
+
+def visibility_to_bias(visible: jax.Array) -> jax.Array:
+    """Boolean (..., q, k) -> additive float32 bias (batch or 1, 1, q, k) on the scores."""
+    if visible.ndim == 2:
+        visible = visible[None]
+    return jnp.where(visible, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None]
+
+
+def rel_shift(x: jax.Array, klen: int) -> jax.Array:
+    """(b, n, q, P) scores against the P distances -> (b, n, q, klen) against the keys:
+    entry (i, j) becomes the score of distance mlen + i - j (XLNet's `rel_shift_bnij`, the
+    reshape trick of Transformer-XL). Keys a "uni" query may not see get other scores: masked."""
+    b, n, q, p = x.shape
+    x = x.reshape(b, n, p, q)[:, :, 1:, :]
+    return x.reshape(b, n, q, p - 1)[..., :klen]
+
+
+def update_memory(x: jax.Array, memory: jax.Array, mem_len: int, reuse_len: int = 0) -> jax.Array | None:
+    """The next memory of one layer: the last mem_len of `memory ++ x[:, :reuse_len]`, with no
+    gradient (as the original); None when mem_len is 0."""
+    if mem_len <= 0:
+        return None
+    if reuse_len > 0:
+        x = x[:, :reuse_len]
+    return jax.lax.stop_gradient(jnp.concatenate([memory.astype(x.dtype), x], axis=1)[:, -mem_len:])
+
+
+# ------------------------------------------------------------------------------- modules
+
+
+class RelativeAttention(nn.Module):
+    """One layer's relative attention (no output bias, no projection biases, as XLNet/TXL).
+
+    Parameters: q, k, v, r (d, heads, head_dim), o (heads, head_dim, d), r_w_bias, r_r_bias
+    (heads, head_dim), and with `segments` r_s_bias and seg_embed (2, heads, head_dim).
+    Returns the projected outputs before the residual and LayerNorm.
+    """
+
+    config: RelativeConfig
+    segments: bool = False
+    deterministic: bool = True
+
+    def setup(self):
+        cfg = self.config
+        d, heads, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        param = lambda name, shape, axes: self.param(  # noqa: E731
+            name, nn.with_logical_partitioning(cfg.kernel_init, axes), shape, cfg.parameter_dtype)
+        for name in ("q", "k", "v", "r"):
+            setattr(self, name, param(name, (d, heads, hd), ("embed", "heads", "kv")))
+        self.o = param("o", (heads, hd, d), ("heads", "kv", "embed"))
+        self.r_w_bias = param("r_w_bias", (heads, hd), ("heads", "kv"))
+        self.r_r_bias = param("r_r_bias", (heads, hd), ("heads", "kv"))
+        if self.segments:
+            self.r_s_bias = param("r_s_bias", (heads, hd), ("heads", "kv"))
+            self.seg_embed = param("seg_embed", (2, heads, hd), (None, "heads", "kv"))
+        self.dropout = nn.Dropout(cfg.attention_dropout_prob)
+
+    def _cast(self, w: jax.Array) -> jax.Array:
+        return jnp.asarray(w, self.config.compute_dtype)
+
+    def project(self, x: jax.Array, name: str) -> jax.Array:
+        y = jnp.einsum("bld,dnh->blnh", x, self._cast(getattr(self, name)))
+        return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+    def core(self, q: jax.Array, k: jax.Array, v: jax.Array, k_r: jax.Array, bias: jax.Array | None,
+             different_segment: jax.Array | None) -> jax.Array:
+        """Attention of queries q (b, i, n, h) over keys k, v (b, j, n, h): (b, i, n, h)."""
+        f32 = dict(preferred_element_type=jnp.float32)
+        ac = jnp.einsum("bind,bjnd->bnij", q + self._cast(self.r_w_bias), k, **f32)
+        spec = "bind,pnd->bnip" if k_r.shape[0] == 1 else "bind,bpnd->bnip"
+        bd = jnp.einsum(spec, q + self._cast(self.r_r_bias), k_r[0] if k_r.shape[0] == 1 else k_r, **f32)
+        score = ac + rel_shift(bd, k.shape[1])
+        if different_segment is not None:
+            ef = jnp.einsum("bind,snd->bnis", q + self._cast(self.r_s_bias), self._cast(self.seg_embed), **f32)
+            score = score + jnp.where(different_segment[:, None], ef[..., 1:], ef[..., :1])
+        score = score * (self.config.head_dim ** -0.5)
+        if bias is not None:
+            score = score + bias
+        weights = jax.nn.softmax(score, axis=-1).astype(self.config.compute_dtype)
+        weights = self.dropout(weights, deterministic=self.deterministic)
+        return jnp.einsum("bnij,bjnd->bind", weights, v)
+
+    def out(self, attn_vec: jax.Array) -> jax.Array:
+        y = jnp.einsum("blnh,nhd->bld", attn_vec, self._cast(self.o))
+        return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+    def __call__(self, h: jax.Array, g: jax.Array | None, memory: jax.Array, pos_emb: jax.Array,
+                 bias_h: jax.Array | None, bias_g: jax.Array | None, different_segment: jax.Array | None,
+                 target_mapping: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """(content stream output, query stream output or None), before residual + LayerNorm.
+
+        memory (b, mlen, d); pos_emb (1 or b, P, d); biases (b or 1, 1, q, mlen + q);
+        different_segment (b, q, mlen + q) boolean or None; g (b, m, d) with target_mapping
+        (b, m, q): the query stream's m predictions, each at the position its row selects.
+        """
+        keys_in = jnp.concatenate([memory.astype(h.dtype), h], axis=1)
+        k, v = self.project(keys_in, "k"), self.project(keys_in, "v")
+        k_r = jnp.einsum("bpd,dnh->bpnh", pos_emb.astype(h.dtype), self._cast(self.r))
+        out_h = self.out(self.core(self.project(h, "q"), k, v, k_r, bias_h, different_segment))
+        if g is None:
+            return out_h, None
+        q_g = self.project(g, "q")
+        if target_mapping is not None:  # each prediction's query moved to its target position
+            q_g = jnp.einsum("bmnd,bml->blnd", q_g, target_mapping.astype(q_g.dtype))
+        vec_g = self.core(q_g, k, v, k_r, bias_g, different_segment)
+        if target_mapping is not None:
+            vec_g = jnp.einsum("blnd,bml->bmnd", vec_g, target_mapping.astype(vec_g.dtype))
+        return out_h, self.out(vec_g)
+
+
+class RelativeLayer(nn.Module):
+    """Relative attention then the FFN, each LN(x + Dropout(branch)), for h (and g, with the
+    same parameters: the query stream shares the content stream's weights)."""
+
+    config: RelativeConfig
+    segments: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping):
+        cfg = self.config
+        attn_h, attn_g = RelativeAttention(cfg, self.segments, self.deterministic, name="attention")(
+            h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping)
+        attention_norm = _norm(cfg, "attention_layer_norm")
+        mlp = MlpBlock(cfg.intermediate_size, cfg.hidden_act, cfg.dropout_prob, cfg.compute_dtype,
+                       cfg.parameter_dtype, use_bias=True, kernel_init=cfg.kernel_init, name="mlp")
+        mlp_norm = _norm(cfg, "mlp_layer_norm")
+        dropout = nn.Dropout(cfg.dropout_prob)
+
+        def finish(x, attn):
+            x = attention_norm(x + dropout(attn, deterministic=self.deterministic))
+            x = mlp_norm(x + dropout(mlp(x, self.deterministic), deterministic=self.deterministic))
+            return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        return finish(h, attn_h), None if g is None else finish(g, attn_g)
+
+
+def _norm(cfg: RelativeConfig, name: str) -> LayerNorm:
+    return LayerNorm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.parameter_dtype, name=name)
+
+
+class RelativeStack(nn.Module):
+    """`num_layers` RelativeLayers with memory: scanned (parameters stacked on a leading
+    `layers` axis) or `layers_0 ..`, rematerialised by policy.
+
+    Returns (h, g or None, new memory (num_layers, b, mem_len, d) or None when mem_len is 0).
+    """
+
+    config: RelativeConfig
+    segments: bool = False
+
+    @nn.compact
+    def __call__(self, h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping,
+                 deterministic: bool = True):
+        cfg = self.config
+        layer_cls = remat_layer(RelativeLayer, cfg.remat_policy, cfg.scan_layers)
+        broadcast = (pos_emb, bias_h, bias_g, different_segment, target_mapping)
+        make = lambda name: layer_cls(cfg, self.segments, deterministic, name=name)  # noqa: E731
+        if not cfg.scan_layers:
+            new_memory = []
+            for i in range(cfg.num_layers):
+                new_memory.append(update_memory(h, memory[i], cfg.mem_len, cfg.reuse_len))
+                h, g = make(f"layers_{i}")(h, g, memory[i], *broadcast)
+            return h, g, None if cfg.mem_len <= 0 else jnp.stack(new_memory)
+        scanned = nn.scan(
+            _scan_body,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(0,) + (nn.broadcast,) * len(broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        (h, g), new_memory = scanned(make("layers"), (h, g), memory, *broadcast)
+        return h, g, new_memory
+
+
+def _scan_body(layer: nn.Module, carry, memory, *broadcast):
+    h, g = carry
+    new_memory = update_memory(h, memory, layer.config.mem_len, layer.config.reuse_len)
+    return layer(h, g, memory, *broadcast), new_memory
+
+
+def empty_memory(config: RelativeConfig, batch_size: int, dtype: Any) -> jax.Array:
+    """No memory: (num_layers, batch, 0, d)."""
+    return jnp.zeros((config.num_layers, batch_size, 0, config.hidden_size), dtype)
+
+
+def word_embedding(config: RelativeConfig, name: str = "word_embedding") -> Embed:
+    return Embed(config.vocab_size, config.hidden_size, config.compute_dtype, config.parameter_dtype,
+                 config.kernel_init, name=name)
+
+
+class TiedLmHead(nn.Module):
+    """Logits = h @ word_embedding.T + bias (XLNetLMHeadModel's `lm_loss`, tied), float32."""
+
+    config: RelativeConfig
+    embedding: Embed
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (self.config.vocab_size,), self.config.parameter_dtype)
+        logits = self.embedding.attend(hidden) + jnp.asarray(bias, self.config.compute_dtype)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -1,0 +1,171 @@
+"""The ProtXLNet family's model: XLNet (Yang et al. 2019) in Flax Linen, numerically Hugging
+Face's `XLNetModel` / `XLNetLMHeadModel` (transformers 5), batch-major.
+
+    config = XLNetConfig(hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=64)
+    variables = XLNet(config).init(rng, tokens)
+    logits, memory = XLNet(config).apply(variables, tokens, attention_mask)    # (b, L, vocab)
+    logits, memory = XLNet(config).apply(variables, tokens, attention_mask, token_types,
+                                         perm_mask, target_mapping)          # (b, m, vocab)
+    hidden, memory = XLNet(config).apply(variables, tokens, method=XLNet.encode)
+
+The layer stack is models/relative_attention.py's (shared with Transformer-XL): relative
+positional attention with per-layer r_w/r_r/r_s biases, the relative segment term (`seg_embed`
+of "same / different segment", memory counted as segment 0), post-LayerNorm, ReLU FFN
+(ProtXLNet's `ff_activation`), optional memory with `mem_len` / `reuse_len`.
+
+Two-stream attention (pre-training): with `target_mapping` (b, m, L), the query stream g
+starts from `mask_emb` for each of the m predictions and attends to the content stream under
+`perm_mask`, which the content stream also uses except that each position sees itself.
+`perm_mask[b, i, j] = 1`: i may not attend to j (Hugging Face's convention). The output is
+then the query stream's (b, m, d) and the logits those of the m targets.
+
+Inputs follow XLNet's framing (the tokenizer's): padding on the LEFT, `residues <sep> <cls>`
+at the end; `attention_mask` 1 on real tokens. The vocabulary (spiece.model, ids 0-8 special:
+<unk> 0, <s> 1, </s> 2, <cls> 3, <sep> 4, <pad> 5, <mask> 6, <eod> 7, <eop> 8; X has no
+piece and encodes to <unk>) is the next step's, with the perm-LM pre-training model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from prottrans_jax.models.relative_attention import (ATTN_TYPES, RelativeConfig, RelativeStack, TiedLmHead,
+                                                     causal_visibility, empty_memory, relative_position_embedding,
+                                                     visibility_to_bias, word_embedding)
+
+# zihangdai/xlnet data_utils.py `special_symbols`, hard-coded in the training code.
+SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<cls>": 3, "<sep>": 4, "<pad>": 5, "<mask>": 6,
+               "<eod>": 7, "<eop>": 8}
+SEG_ID_CLS = 2  # token_type of <cls> (the tokenizer's; 0 for A and its <sep>)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class XLNetConfig(RelativeConfig):
+    """Hyper-parameters of an XLNet; bound from gin (`XLNetConfig.num_layers = 30`).
+
+    Defaults: Rostlab/prot_xlnet's released config.json (families-spec 5.1), except
+    `vocab_size`, which is UNVERIFIED (about 31-33 from the file size; the converter reads it
+    from the checkpoint). `mem_len` / `reuse_len` 0 are the released inference values (null);
+    pre-training used memory 384 (paper extraction) and reuse 256 (XLNet's recipe, UNVERIFIED).
+    """
+
+    vocab_size: int = 32  # UNVERIFIED
+    hidden_size: int = 1024
+    num_layers: int = 30
+    num_heads: int = 16
+    head_dim: int = 64
+    intermediate_size: int = 4096
+    hidden_act: str = "relu"
+    dropout_prob: float = 0.1
+    attention_dropout_prob: float = 0.1  # Hugging Face's one `dropout` covers both
+    layer_norm_eps: float = 1e-12
+    attn_type: str = "bi"  # "uni": causal (Transformer-XL's mask)
+    bi_data: bool = False  # released config; XLNet's pre-training default is True (ProtXLNet's: UNVERIFIED)
+    pad_id: int = SPECIAL_IDS["<pad>"]
+
+    def __post_init__(self):
+        self.check_relative_fields()
+        if self.attn_type not in ATTN_TYPES:
+            raise ValueError(f"XLNetConfig.attn_type={self.attn_type!r}; expected one of {ATTN_TYPES}")
+
+
+class XLNet(nn.Module):
+    """XLNet. Parameters: word_embedding, mask_emb, stack, lm_head (the `lm_loss` bias)."""
+
+    config: XLNetConfig
+
+    def setup(self):
+        cfg = self.config
+        self.word_embedding = word_embedding(cfg)
+        self.mask_emb = self.param("mask_emb", nn.with_logical_partitioning(cfg.kernel_init, ("embed",)),
+                                   (cfg.hidden_size,), cfg.parameter_dtype)
+        self.stack = RelativeStack(cfg, segments=True)
+        self.lm_head = TiedLmHead(cfg, self.word_embedding)
+        self.dropout = nn.Dropout(cfg.dropout_prob)
+
+    def encode(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
+               token_types: jax.Array | None = None, perm_mask: jax.Array | None = None,
+               target_mapping: jax.Array | None = None, memory: jax.Array | None = None,
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
+        """(last hidden states, new memory (num_layers, b, mem_len, d) or None when mem_len is 0).
+
+        tokens (b, L); attention_mask (b, L), 1 = real token; token_types (b, L); perm_mask
+        (b, L, L), 1 = may not attend; target_mapping (b, m, L) one-hot rows; memory: the
+        previous call's. The hidden states are the content stream's (b, L, d), or with
+        target_mapping the query stream's (b, m, d).
+        """
+        cfg = self.config
+        batch, qlen = tokens.shape
+        if memory is None:
+            memory = empty_memory(cfg, batch, cfg.compute_dtype)
+        if memory.shape[:2] != (cfg.num_layers, batch) or memory.shape[3] != cfg.hidden_size:
+            raise ValueError(f"memory shape {memory.shape}; expected ({cfg.num_layers}, {batch}, mem, "
+                             f"{cfg.hidden_size})")
+        mlen = memory.shape[2]
+        bias_h, bias_g = self._attention_biases(batch, qlen, mlen, attention_mask, perm_mask)
+
+        h = self.dropout(self.word_embedding(tokens), deterministic=deterministic)
+        g = None
+        if target_mapping is not None:
+            mask_emb = jnp.asarray(self.mask_emb, cfg.compute_dtype)
+            g = jnp.broadcast_to(mask_emb, (batch, target_mapping.shape[1], cfg.hidden_size))
+            g = self.dropout(g, deterministic=deterministic)
+        different_segment = None
+        if token_types is not None:  # memory counts as segment 0
+            key_types = jnp.concatenate([jnp.zeros((batch, mlen), token_types.dtype), token_types], axis=1)
+            different_segment = token_types[:, :, None] != key_types[:, None, :]
+        pos_emb = relative_position_embedding(qlen, mlen + qlen, cfg.hidden_size, cfg.attn_type, cfg.clamp_len,
+                                              cfg.bi_data, batch)
+        pos_emb = self.dropout(pos_emb.astype(cfg.compute_dtype), deterministic=deterministic)
+        h, g, new_memory = self.stack(h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping,
+                                      deterministic)
+        out = self.dropout(h if g is None else g, deterministic=deterministic)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_memory
+
+    def _attention_biases(self, batch: int, qlen: int, mlen: int, attention_mask: jax.Array | None,
+                          perm_mask: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+        """(content stream bias, query stream bias), None where nothing is masked.
+
+        Masked (XLNet): the causal mask ("uni"), padding keys, perm_mask; memory never. The
+        content stream may always see its own position; the query stream may not when
+        perm_mask says so (a target must not see itself).
+        """
+        masked = None
+        if self.config.attn_type == "uni":
+            masked = ~causal_visibility(qlen, mlen, self.config.same_length)[None]
+        data = None
+        if attention_mask is not None:
+            data = jnp.broadcast_to(~attention_mask.astype(bool)[:, None, :], (batch, qlen, qlen))
+        if perm_mask is not None:
+            perm = perm_mask.astype(bool)
+            data = perm if data is None else jnp.logical_or(data, perm)
+        if data is not None:
+            data = jnp.concatenate([jnp.zeros((batch, qlen, mlen), bool), data], axis=2)
+            masked = data if masked is None else jnp.logical_or(masked, data)
+        if masked is None:
+            return None, None
+        itself = jnp.arange(mlen + qlen)[None, :] == jnp.arange(qlen)[:, None] + mlen
+        return visibility_to_bias(~masked | itself), visibility_to_bias(~masked)
+
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
+                 token_types: jax.Array | None = None, perm_mask: jax.Array | None = None,
+                 target_mapping: jax.Array | None = None, memory: jax.Array | None = None,
+                 deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
+        """(LM logits float32: (b, L, vocab), or (b, m, vocab) with target_mapping; new memory)."""
+        hidden, new_memory = self.encode(tokens, attention_mask, token_types, perm_mask, target_mapping, memory,
+                                         deterministic)
+        return self.lm_head(hidden), new_memory
+
+
+def init_params(config: XLNetConfig, rng: jax.Array) -> Any:
+    """Boxed parameters (logical axis names attached): every one, the query stream's included."""
+    tokens = jnp.ones((2, 4), jnp.int32)
+    return XLNet(config).init({"params": rng}, tokens, None, jnp.zeros_like(tokens), None,
+                              jnp.eye(4, dtype=jnp.float32)[None, :2].repeat(2, 0))["params"]
