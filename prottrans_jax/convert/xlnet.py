@@ -32,6 +32,7 @@ import numpy as np
 
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap, Transform
+from prottrans_jax.errors import UserError
 from prottrans_jax.models import transfo_xl, xlnet
 from prottrans_jax.models.transfo_xl import TransfoXLConfig
 from prottrans_jax.models.xlnet import XLNetConfig
@@ -91,7 +92,7 @@ def param_map(config: XLNetConfig | TransfoXLConfig, part: str, segments: bool =
 
 def _check_part(part: str) -> str:
     if part not in PARTS:
-        raise ValueError(f"XLNet part {part!r}; expected one of {PARTS}")
+        raise UserError(f"XLNet part {part!r}; expected one of {PARTS}")
     return part
 
 
@@ -107,7 +108,7 @@ def _tied_head(state_dict: dict[str, np.ndarray]) -> set[str]:
     if LM_WEIGHT not in state_dict:
         return set()
     if not np.array_equal(state_dict[LM_WEIGHT], state_dict.get(WORD_EMBEDDING)):
-        raise ValueError(f"Hugging Face weight {LM_WEIGHT!r} differs from {WORD_EMBEDDING!r}; XLNet ties them")
+        raise UserError(f"Hugging Face weight {LM_WEIGHT!r} differs from {WORD_EMBEDDING!r}; XLNet ties them")
     return {LM_WEIGHT}
 
 
@@ -173,9 +174,9 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
     value is unknown). null `mem_len` / `reuse_len` become 0.
     """
     if hf_config.get("model_type", "xlnet") != "xlnet":
-        raise ValueError(f"not an XLNet config: model_type={hf_config.get('model_type')!r}")
+        raise UserError(f"not an XLNet config: model_type={hf_config.get('model_type')!r}")
     if hf_config.get("untie_r", True) is not True:
-        raise ValueError("unsupported XLNet untie_r=False: transformers 5 keeps per-layer biases")
+        raise UserError("unsupported XLNet untie_r=False: transformers 5 keeps per-layer biases")
     d_model, n_head = hf_config.get("d_model", 1024), hf_config.get("n_head", 16)
     dropout = hf_config.get("dropout", 0.1)
     kwargs = dict(
@@ -209,7 +210,7 @@ def config_from_hf(hf_config: dict[str, Any], state_dict: dict[str, Any] | None 
 def hf_config_from(config: XLNetConfig, part: str = "full") -> dict[str, Any]:
     """XLNetConfig -> a `config.json` dict that transformers 5 loads equivalently."""
     if config.dropout_prob != config.attention_dropout_prob:
-        raise ValueError(f"XLNetConfig.attention_dropout_prob {config.attention_dropout_prob} differs from "
+        raise UserError(f"XLNetConfig.attention_dropout_prob {config.attention_dropout_prob} differs from "
                          f"dropout_prob {config.dropout_prob}: Hugging Face XLNet has one dropout")
     architecture = "XLNetModel" if _check_part(part) == "encoder" else "XLNetLMHeadModel"
     return {

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from prottrans_jax.errors import UserError
+
 # zihangdai/xlnet's special ids (models/xlnet.py SPECIAL_IDS): <sep> and <cls> are "functional".
 SEP_ID, CLS_ID = 4, 3
 
@@ -70,7 +72,7 @@ def local_permutation(is_target: np.ndarray, functional: np.ndarray, perm_size: 
     """perm_mask (L, L) bool of one part (XLNet's `_local_perm`): True = i may not attend to j."""
     length = len(is_target)
     if length % perm_size:
-        raise ValueError(f"perm_size {perm_size} must divide the part's length {length}")
+        raise UserError(f"perm_size {perm_size} must divide the part's length {length}")
     # XLNet's reshape / shuffle / transpose: position b * perm_size + k gets order
     # b * perm_size + pi(k), one shuffle pi shared by all blocks, the blocks in sequence.
     index = np.arange(length).reshape(-1, perm_size).T
@@ -97,16 +99,16 @@ def permutation_lm_features(tokens: np.ndarray, num_predict: int, rng: np.random
     tokens = np.asarray(tokens)
     length = len(tokens)
     if not 0 <= reuse_len < length:
-        raise ValueError(f"reuse_len {reuse_len} must be in [0, {length})")
+        raise UserError(f"reuse_len {reuse_len} must be in [0, {length})")
     if num_predict <= 0:
-        raise ValueError(f"num_predict must be positive, got {num_predict}")
+        raise UserError(f"num_predict must be positive, got {num_predict}")
     functional = np.isin(tokens, functional_ids)
     maskable = ~functional if maskable is None else np.asarray(maskable, bool) & ~functional
     is_target = sample_targets(maskable, num_predict, rng, mask_alpha, mask_beta, max_gram)
 
     parts = [(0, reuse_len), (reuse_len, length)] if reuse_len else [(0, length)]
     if perm_size is not None and reuse_len and perm_size > reuse_len:
-        raise ValueError(f"perm_size {perm_size} must be <= reuse_len {reuse_len}")
+        raise UserError(f"perm_size {perm_size} must be <= reuse_len {reuse_len}")
     perm_mask = np.zeros((length, length), bool)
     for begin, end in parts:
         size = end - begin if perm_size is None else perm_size

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention import MASKED_LOGIT
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
@@ -80,7 +81,7 @@ class RelativeConfig(ComputeDtypes):
                           {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
         for name in ("mem_len", "reuse_len"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def kernel_init(self):
@@ -98,7 +99,7 @@ def relative_distances(qlen: int, klen: int, attn_type: str) -> jax.Array:
     elif attn_type == "uni":
         pos_seq = jnp.arange(klen, -1, -1)
     else:
-        raise ValueError(f"attn_type {attn_type!r}; expected one of {ATTN_TYPES}")
+        raise UserError(f"attn_type {attn_type!r}; expected one of {ATTN_TYPES}")
     return pos_seq.astype(jnp.float32)
 
 
@@ -119,7 +120,7 @@ def relative_position_embedding(qlen: int, klen: int, width: int, attn_type: str
     if not bi_data:
         return forward
     if batch_size % 2:
-        raise ValueError(f"bi_data needs an even batch size, got {batch_size}")
+        raise UserError(f"bi_data needs an even batch size, got {batch_size}")
     backward = sinusoid_embedding(_clamp(-pos_seq, clamp_len), width)[None]
     half = batch_size // 2
     return jnp.concatenate([jnp.broadcast_to(forward, (half,) + forward.shape[1:]),

@@ -35,6 +35,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from prottrans_jax.errors import UserError
 from prottrans_jax.models.relative_attention import (ATTN_TYPES, RelativeConfig, RelativeStack, TiedLmHead,
                                                      causal_visibility, empty_memory, relative_position_embedding,
                                                      visibility_to_bias, word_embedding)
@@ -73,7 +74,7 @@ class XLNetConfig(RelativeConfig):
     def __post_init__(self):
         self.check_relative_fields()
         if self.attn_type not in ATTN_TYPES:
-            raise ValueError(f"XLNetConfig.attn_type={self.attn_type!r}; expected one of {ATTN_TYPES}")
+            raise UserError(f"XLNetConfig.attn_type={self.attn_type!r}; expected one of {ATTN_TYPES}")
 
 
 class XLNet(nn.Module):
