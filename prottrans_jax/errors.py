@@ -8,6 +8,8 @@ a library, and keeps its traceback: a bare ValueError is not taken for the user'
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(ValueError):
     """A mistake in what the user gave (configuration, flags, input files); one line, exit 1.
@@ -18,6 +20,16 @@ class UserError(ValueError):
 
 # What every command reports as one line; anything else keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
+
+
+def main_with_one_line_errors(run, argv=None, exit_code: int = 2) -> int:
+    """`run(argv)` as a command: a user error is printed as `error: <one line>` and returns
+    `exit_code`; anything else keeps its traceback."""
+    try:
+        return run(argv)
+    except USER_ERRORS as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return exit_code
 
 
 def first_line(error: BaseException, max_chars: int | None = None) -> str:

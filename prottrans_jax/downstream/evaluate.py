@@ -30,7 +30,7 @@ import numpy as np
 
 from prottrans_jax.downstream import datasets, features as features_lib, metrics, training
 from prottrans_jax.downstream.report import PAPER_MODEL, Report
-from prottrans_jax.errors import USER_ERRORS, first_line
+from prottrans_jax.errors import main_with_one_line_errors
 
 
 def _log(message):
@@ -439,11 +439,7 @@ def training_config(args) -> training.TrainConfig:
 
 def main(argv=None):
     """The command: exit 0 done, 2 bad data, features or model directory (one line)."""
-    try:
-        return run(argv)
-    except USER_ERRORS as error:
-        print(f"error: {first_line(error)}", file=sys.stderr)
-        return 2
+    return main_with_one_line_errors(run, argv)
 
 
 def run(argv=None):

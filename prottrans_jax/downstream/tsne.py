@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from prottrans_jax.downstream import datasets, features as features_lib, taxonomy, unirep
-from prottrans_jax.errors import USER_ERRORS, UserError, first_line
+from prottrans_jax.errors import UserError, main_with_one_line_errors
 
 SEED = 0
 AMINO_ACIDS = datasets.STANDARD_RESIDUES
@@ -162,11 +162,7 @@ def plot_proteins(panels, scop_class, domain, path):
 
 def main(argv=None):
     """The command: exit 0 done, 2 bad data, features or model directory (one line)."""
-    try:
-        return run(argv)
-    except USER_ERRORS as error:
-        print(f"error: {first_line(error)}", file=sys.stderr)
-        return 2
+    return main_with_one_line_errors(run, argv)
 
 
 def run(argv=None):

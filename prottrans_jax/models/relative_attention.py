@@ -328,6 +328,16 @@ def empty_memory(config: RelativeConfig, batch_size: int, dtype: Any) -> jax.Arr
     return jnp.zeros((config.num_layers, batch_size, 0, config.hidden_size), dtype)
 
 
+def checked_memory(config: RelativeConfig, memory: jax.Array | None, batch_size: int) -> jax.Array:
+    """The previous segment's memory (None: the first segment, no memory), shape-checked."""
+    if memory is None:
+        return empty_memory(config, batch_size, config.compute_dtype)
+    if memory.shape[:2] != (config.num_layers, batch_size) or memory.shape[3] != config.hidden_size:
+        raise ValueError(f"memory shape {memory.shape}; expected ({config.num_layers}, {batch_size}, mem, "
+                         f"{config.hidden_size})")
+    return memory
+
+
 def word_embedding(config: RelativeConfig, name: str = "word_embedding") -> Embed:
     return Embed(config.vocab_size, config.hidden_size, config.compute_dtype, config.parameter_dtype,
                  config.kernel_init, name=name)

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from prottrans_jax.models.relative_attention import (RelativeConfig, RelativeStack, TiedLmHead, causal_visibility,
-                                                     empty_memory, relative_position_embedding, visibility_to_bias,
-                                                     word_embedding)
+                                                     checked_memory, relative_position_embedding,
+                                                     visibility_to_bias, word_embedding)
 
 
 @gin.configurable
@@ -95,11 +95,7 @@ class TransfoXL(nn.Module):
         None when mem_len is 0). `memory` is the previous call's (None: the first segment)."""
         cfg = self.config
         batch, qlen = tokens.shape
-        if memory is None:
-            memory = empty_memory(cfg, batch, cfg.compute_dtype)
-        if memory.shape[:2] != (cfg.num_layers, batch) or memory.shape[3] != cfg.hidden_size:
-            raise ValueError(f"memory shape {memory.shape}; expected ({cfg.num_layers}, {batch}, mem, "
-                             f"{cfg.hidden_size})")
+        memory = checked_memory(cfg, memory, batch)
         mlen = memory.shape[2]
         x = self.word_embedding(tokens)
         if cfg.scale_embedding:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.relative_attention import (ATTN_TYPES, RelativeConfig, RelativeStack, TiedLmHead,
-                                                     causal_visibility, empty_memory, relative_position_embedding,
+                                                     causal_visibility, checked_memory, relative_position_embedding,
                                                      visibility_to_bias, word_embedding)
 
 # zihangdai/xlnet data_utils.py `special_symbols`, hard-coded in the training code.
@@ -104,11 +104,7 @@ class XLNet(nn.Module):
         """
         cfg = self.config
         batch, qlen = tokens.shape
-        if memory is None:
-            memory = empty_memory(cfg, batch, cfg.compute_dtype)
-        if memory.shape[:2] != (cfg.num_layers, batch) or memory.shape[3] != cfg.hidden_size:
-            raise ValueError(f"memory shape {memory.shape}; expected ({cfg.num_layers}, {batch}, mem, "
-                             f"{cfg.hidden_size})")
+        memory = checked_memory(cfg, memory, batch)
         mlen = memory.shape[2]
         bias_h, bias_g = self._attention_biases(batch, qlen, mlen, attention_mask, perm_mask)
 
