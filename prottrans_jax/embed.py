@@ -2,7 +2,8 @@ r"""Embeddings for whole proteomes: FASTA in, HDF5 of the encoder's last hidden 
 
     python -m prottrans_jax.embed --fasta proteins.fasta --output embeddings.h5 \
         (--model_dir DIR | --hf_model DIR) [--per_residue] [--per_protein] \
-        [--dtype bfloat16|float16|float32] [--max_tokens N] [--max_length L] [--policy error|skip]
+        [--dtype bfloat16|float16|float32] [--max_tokens N] [--max_length L] [--policy error|skip] \
+        [--compilation_cache_dir DIR|off]
 
 Any family (`prottrans_jax.families`): `--model_dir`, a trainer MODEL_DIR (family, config and
 vocabulary from its model.json, parameters of the latest checkpoint, optimizer state never
@@ -50,6 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from prottrans_jax import compilation_cache
 from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.fasta import FastaStats, read_fasta
 from prottrans_jax.inference import (DEFAULT_MAX_LENGTH, DEFAULT_MAX_TOKENS, DTYPES, OutOfMemoryError,
@@ -255,6 +257,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--policy", choices=("error", "skip"), default="error",
                         help="invalid FASTA records: stop (error) or drop and count (skip)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    compilation_cache.add_flag(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return parser.parse_args(list(argv))
 
@@ -262,6 +265,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command; prints the summary as one JSON line. Exit 0 done, 1 error, 2 interrupted."""
     args = parse_flags(sys.argv[1:] if argv is None else argv)
+    compilation_cache.enable(args.compilation_cache_dir)  # a second run reads its programs back
     per_residue = args.per_residue or not args.per_protein
     try:
         summary = embed_fasta_to_h5(args.fasta, args.output, model_dir=args.model_dir, hf_model=args.hf_model,

@@ -7,7 +7,8 @@ r"""Pre-training entry point, configured with gin as in T5X.
 Flags: --gin_file (repeatable, later files override earlier ones), --gin.KEY=VALUE and
 --gin_bindings='KEY = VALUE' (repeatable, applied after the files), --gin_search_paths
 (comma-separated roots for `include`; the repository root and the working directory are
-always searched), --debug (full tracebacks instead of one-line errors).
+always searched), --compilation_cache_dir (persistent XLA cache folder or `off`; see
+`prottrans_jax.compilation_cache`), --debug (full tracebacks instead of one-line errors).
 
 A thin shell over `prottrans_jax.training.train` (what it writes to MODEL_DIR, resuming,
 phases and continued pre-training are described there). SIGTERM checkpoints at the next step
@@ -26,7 +27,7 @@ from typing import Sequence
 import gin
 import tensorflow as tf
 
-from prottrans_jax import checkpoints, distributed
+from prottrans_jax import checkpoints, compilation_cache, distributed
 from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.training import train
 
@@ -45,6 +46,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--gin_search_paths", action="append", default=[])
     parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     distributed.add_flags(parser)
+    compilation_cache.add_flag(parser)
     rest = []
     args, unknown = parser.parse_known_args(list(argv))
     for flag in unknown:
@@ -84,6 +86,7 @@ def run(argv: Sequence[str]) -> tuple[int, dict]:
     """Parses gin and runs `train`: (exit code: 0 ok, 1 bad input or halted; train's result)."""
     args = parse_flags(argv)
     distributed.initialize_from_flags(args)  # before any JAX computation
+    compilation_cache.enable(args.compilation_cache_dir)
     gin.clear_config()
     for path in [REPO_ROOT, os.getcwd()] + [p for arg in args.gin_search_paths
                                            for p in arg.split(",") if p]:

@@ -20,6 +20,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+# The commands' own cache (prottrans_jax.compilation_cache) uses the same folder, never the
+# user's ~/.cache: in-process calls and every subprocess that inherits the environment.
+os.environ.setdefault("PROTTRANS_JAX_COMPILATION_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 import dataclasses  # noqa: E402
 import gzip  # noqa: E402

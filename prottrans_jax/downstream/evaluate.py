@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from prottrans_jax import compilation_cache
 from prottrans_jax.downstream import datasets, features as features_lib, metrics, training
 from prottrans_jax.downstream.report import PAPER_MODEL, Report
 from prottrans_jax.errors import main_with_one_line_errors
@@ -415,6 +416,7 @@ def parse_args(argv):
         help="secondary structure: only the CB513 cross-validation (Q8)",
     )
     parser.add_argument("--export_fasta", help="write the benchmark sequences here and exit")
+    compilation_cache.add_flag(parser)
     args = parser.parse_args(argv)
     if not args.export_fasta and not args.report:
         parser.error("--report is required")
@@ -444,6 +446,7 @@ def main(argv=None):
 
 def run(argv=None):
     args = parse_args(argv)
+    compilation_cache.enable(args.compilation_cache_dir)
     if args.export_fasta:
         export_fasta(args, args.export_fasta)
         return 0
