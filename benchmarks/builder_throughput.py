@@ -18,11 +18,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks import timing  # noqa: E402
+
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
 
 
@@ -92,6 +96,7 @@ def main() -> None:
     from tfrecords_builder.build import build
     from tfrecords_builder.pipeline import BuildConfig
 
+    load_before = timing.load_average()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="builder_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     fasta = work / "input.fasta"
@@ -124,6 +129,7 @@ def main() -> None:
                        "residues_per_s": round(residues / plain_seconds)},
         "beam_vs_plain_loop": round(plain_seconds / beam_seconds, 3),
         "seqio_prott5_denoise": seqio_throughput(work / "corpus", args.seqio_batches, 32, 512),
+        "load_average": timing.load_report(load_before),  # one run of each: figures scale with the load
     }
     print(json.dumps(result))
 

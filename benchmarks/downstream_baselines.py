@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from prottrans_jax.downstream import evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import timing  # noqa: E402
+from prottrans_jax.downstream import evaluate  # noqa: E402
 
 # name -> evaluate flags (besides --data_dir/--report/--cache_dir).
 SECONDARY_STRUCTURE = [
@@ -61,6 +63,7 @@ def main():
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
     table, timings = [], {}
+    load_before = timing.load_average()
     for name in args.configs.split(","):
         report_dir = Path(args.output) / name
         report_path = report_dir / "report.json"
@@ -105,7 +108,8 @@ def main():
             {
                 "benchmark": "downstream_baselines",
                 "machine": f"{os.cpu_count()} CPU cores",
-                "wall_seconds": timings,
+                "wall_seconds": timings,  # one run each: they scale with the load
+                "load_average": timing.load_report(load_before),
                 "rows": table,
             },
             indent=1,

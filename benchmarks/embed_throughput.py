@@ -12,9 +12,11 @@ real length distribution, long tail included. Weights are random (speed does not
 them), saved as a local Hugging Face directory that both routes read.
 
 - ours: `prottrans_jax.embed.embed_fasta_to_h5`, per residue, default batching, float32 on
-  CPU / bfloat16 on GPU, timed around the call (FASTA read and model load included). "cold" is
-  the first call (XLA compilation included, what a user sees); "warm" is a second call on a
-  new output (programs already compiled).
+  CPU / bfloat16 on GPU, with the commands' persistent compilation cache, timed around the
+  call (FASTA read and model load included). Three figures: "cold", the first call in a fresh
+  process with an empty cache (every XLA compilation included: what a first-time user sees);
+  "second_run", the first call in a fresh process whose cache the cold process filled (what a
+  user's next job sees); "warm", a later call in the same process (programs compiled).
 - hf: ProtTrans' documented recipe (prott5_embedder.py): T5EncoderModel (BertModel for
   --family bert, AlbertModel for --family albert, [CLS] and [SEP] removed), sequences sorted by length (longest first),
   batches of <= 100 proteins and < 4000 residues, longer than 1000 residues alone, float32
@@ -24,9 +26,13 @@ them), saved as a local Hugging Face directory that both routes read.
 On CPU the model is the T5-small encoder shape (6 layers, d_model 512) or a BERT of the same
 width and depth; on a GPU, the ProtT5-XL encoder shape (24 layers, d_model 1024, 32 heads x
 128, d_ff 16384) or ProtBert's (30 layers, 1024, 16 heads, 4096), and the fraction of the
-device's peak bf16 FLOP/s our run reaches (useful FLOPs: real tokens only). Warm runs and
-the HF route are repeated (`--repeats`, interleaved; min and median reported) and the load
-average is printed: on a busy machine the ratio says little. Prints one JSON object.
+device's peak bf16 FLOP/s our run reaches (useful FLOPs: real tokens only).
+
+Protocol (`benchmarks/timing.py`): `--process_pairs` pairs of fresh processes (cold, then
+second run); in each, after its first call, `--repeats` rounds of ours warm and the HF route,
+interleaved and alternating which goes first; medians with minimums beside, ratios of the
+medians, and the 1/5/15-minute load average before and after: on a busy machine the ratio
+says little. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks import timing  # noqa: E402
 SWISSPROT = REPO / "runs" / "corpora" / "swissprot_2014_01.fasta.gz"
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
 SHAPES = {  # Hugging Face config fields of the encoder, per family
@@ -167,20 +175,75 @@ def encoder_flops(family: str, shape: str, lengths: list[int]) -> float:
     return total
 
 
+def worker(spec: dict) -> None:
+    """One fresh process (prints one JSON line): our route's first call, `cold` with an empty
+    compilation cache or `second_run` with the one a cold process filled, then `repeats`
+    interleaved rounds of our route again (`warm`: compiled in this process) and the HF route."""
+    from jax import monitoring
+
+    events: dict[str, int] = {}
+    monitoring.register_event_listener(lambda event, **_: events.__setitem__(event, events.get(event, 0) + 1))
+    from prottrans_jax import compilation_cache, embed
+
+    compilation_cache.enable(spec["cache_dir"])
+    work = Path(spec["dir"])
+    sample, model_dir = str(work / "sample.fasta"), str(work / "model")
+    proteins = sample_proteins(Path(sample), 10**9)
+    calls = iter(range(10**9))
+
+    def ours() -> tuple[dict, float]:  # timed like the HF route: from model load to the written file
+        output = work / f"ours{os.getpid()}_{next(calls)}.h5"
+        summary, seconds = timing.timed(lambda: embed.embed_fasta_to_h5(sample, str(output), hf_model=model_dir,
+                                                                         progress=False))
+        output.unlink()  # XL-shaped embeddings of 4,096 proteins are gigabytes
+        return summary, seconds
+
+    def hf() -> float:
+        import torch
+
+        output = work / f"hf{os.getpid()}.h5"
+        seconds = hf_route(spec["family"], model_dir, proteins, str(output), half=torch.cuda.is_available())
+        output.unlink()
+        return seconds
+
+    summary, first = ours()
+    compiled = dict(events)
+    sides = {"ours": lambda: ours()[1], **({"hf": hf} if spec["hf"] else {})}
+    if spec["hf_first"]:
+        sides = dict(reversed(list(sides.items())))
+    times = timing.interleave(sides, spec["repeats"])
+    summary = {key: summary[key] for key in ("dtype", "static_shapes", "batches", "long_processed_alone")}
+    print(json.dumps({"first": first, "warm": times["ours"], "hf": times.get("hf", []), "summary": summary,
+                      **{event.rsplit("/", 1)[1]: n for event, n in compiled.items() if "compilation_cache" in event}}))
+
+
+def run_worker(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)],
+                            stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fasta", default=None, help="FASTA to sample (default: Swiss-Prot if built, else the sample)")
     parser.add_argument("--num_proteins", type=int, default=None, help="default: 128 on CPU, 4096 on GPU")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: small on CPU, xl on GPU")
+    parser.add_argument("--shape", choices=("small", "xl"), default=None, help="default: small on CPU, xl on GPU")
     parser.add_argument("--family", choices=sorted(SHAPES), default="t5")
-    parser.add_argument("--repeats", type=int, default=2, help="warm runs and HF runs, interleaved")
+    parser.add_argument("--process_pairs", type=int, default=2,
+                        help="pairs of fresh processes (cold: empty compilation cache; second run: filled)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="interleaved warm and HF rounds in each process, after its first call")
     parser.add_argument("--skip_hf", action="store_true", help="only our route")
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._worker:
+        return worker(json.loads(args._worker))
 
+    # This process only plans and reports: it must not hold the accelerator the workers need.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
     import numpy as np
 
-    from prottrans_jax import embed
     from prottrans_jax.trainer import peak_flops_per_device
 
     on_cpu = jax.default_backend() == "cpu"
@@ -191,57 +254,56 @@ def main() -> None:
     lengths = [len(s) for _, s in proteins]
     residues = sum(lengths)
 
-    load_before = os.getloadavg()[0]
+    load_before = timing.load_average()
+    cold, second_run, warm, hf = [], [], [], []
+    workers = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = os.path.join(tmp, "model")
-        save_random_model(args.family, shape, model_dir)
-        sample = os.path.join(tmp, "sample.fasta")
-        with open(sample, "w") as f:
+        save_random_model(args.family, shape, os.path.join(tmp, "model"))
+        with open(os.path.join(tmp, "sample.fasta"), "w") as f:
             for protein_id, sequence in proteins:
                 f.write(f">{protein_id}\n{sequence}\n")
-
-        def ours(name):  # timed like the HF route: from model load to the written file
-            start = time.perf_counter()
-            summary = embed.embed_fasta_to_h5(sample, os.path.join(tmp, f"{name}.h5"), hf_model=model_dir)
-            return summary, time.perf_counter() - start
-
-        cold, cold_seconds = ours("cold")
-        warm_seconds, hf_seconds = [], []
-        for round_ in range(args.repeats):
-            warm_seconds.append(ours(f"warm{round_}")[1])
-            if not args.skip_hf:
-                import torch
-
-                hf_seconds.append(hf_route(args.family, model_dir, proteins, os.path.join(tmp, f"hf{round_}.h5"),
-                                           half=torch.cuda.is_available()))
+        for pair in range(args.process_pairs):
+            cache_dir = os.path.join(tmp, f"xla{pair}")  # empty for the pair's first process
+            for kind, firsts in (("cold", cold), ("second_run", second_run)):
+                out = run_worker({"dir": tmp, "cache_dir": cache_dir, "family": args.family, "hf": not args.skip_hf,
+                                  "repeats": args.repeats, "hf_first": len(workers) % 2 == 1})
+                firsts.append(out["first"])
+                warm += out["warm"]
+                hf += out["hf"]
+                workers.append({"kind": kind, **{k: v for k, v in out.items() if k != "summary"}})
+        cache_entries = len(os.listdir(os.path.join(tmp, "xla0")))
 
     def rates(seconds):
         return {"seconds": round(seconds, 2), "proteins_per_second": round(n / seconds, 2),
                 "residues_per_second": round(residues / seconds, 1)}
 
     def spread(times):
-        return {**rates(statistics.median(times)), "seconds_min": round(min(times), 2)}
+        return {**rates(statistics.median(times)), "seconds_min": round(min(times), 2), "runs": len(times)}
 
+    summary = out["summary"]
     result = {
         "benchmark": "embed_throughput",
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}",
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average": timing.load_report(load_before),
+        "measured": f"{args.process_pairs} pairs of fresh processes (cold: empty compilation cache, then "
+                    "second run: the cache the cold one filled); in each, after its first call, "
+                    f"{args.repeats} interleaved round(s) of ours warm and HF; seconds from model load to "
+                    "the written file, medians (min beside)",
         "fasta": str(fasta.relative_to(REPO) if fasta.is_relative_to(REPO) else fasta),
         "proteins": n, "residues": residues, "length_median": int(np.median(lengths)), "length_max": max(lengths),
         "family": args.family, "model_shape": {"encoder": shape, **SHAPES[args.family][shape]},
-        "ours": {"dtype": cold["dtype"], "static_shapes": cold["static_shapes"], "batches": cold["batches"],
-                 "long_processed_alone": cold["long_processed_alone"],
-                 "cold": rates(cold_seconds), "warm": spread(warm_seconds)},
+        "ours": {**summary, "cold": spread(cold), "second_run": spread(second_run), "warm": spread(warm),
+                 "compilation_cache_entries": cache_entries},
+        "workers": workers,
     }
-    warm = statistics.median(warm_seconds)
-    if hf_seconds:
-        hf = statistics.median(hf_seconds)
-        result["hf"] = {"dtype": "float32" if on_cpu else "float16", **spread(hf_seconds)}
-        result["speedup_vs_hf_cold"] = round(hf / cold_seconds, 2)
-        result["speedup_vs_hf_warm"] = round(hf / warm, 2)
+    if hf:
+        result["hf"] = {"dtype": "float32" if on_cpu else "float16", **spread(hf)}
+        for name, times in (("cold", cold), ("warm", warm), ("second_run", second_run)):
+            result[f"speedup_vs_hf_{name}"] = timing.ratio(hf, times)["median"]  # of the medians
     peak = None if on_cpu else peak_flops_per_device()
     if peak:
-        result["fraction_of_peak_flops_warm"] = round(encoder_flops(args.family, shape, lengths) / warm / peak, 3)
+        result["fraction_of_peak_flops_warm"] = round(
+            encoder_flops(args.family, shape, lengths) / statistics.median(warm) / peak, 3)
     print(json.dumps(result))
 
 

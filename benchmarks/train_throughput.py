@@ -20,8 +20,9 @@ torch.autocast bf16), plus MFU from each model's own FLOPs formula (`flops_per_b
 
 The two sides run interleaved, `--repeats` rounds of `--steps` steps each (after compiling
 and a warm-up), and the JSON reports each side's min and median step time, the ratio of the
-medians, and the machine's load average before and after: a ratio measured on a busy machine
-says little (PyTorch's threads suffer more from contention than XLA's).
+medians (and of the minimums), and the machine's 1/5/15-minute load average before and
+after (`benchmarks/timing.py`): a ratio measured on a busy machine says little (PyTorch's
+threads suffer more from contention than XLA's).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 import types
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,6 +50,8 @@ from prottrans_jax.models.electra import ElectraConfig, ElectraPretrainModel  # 
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E402
 from prottrans_jax.models.t5 import T5Config  # noqa: E402
 from prottrans_jax.trainer import Trainer, peak_flops_per_device  # noqa: E402
+
+from benchmarks import timing  # noqa: E402
 
 SIZES = {
     "t5": {
@@ -256,24 +261,25 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
                             attention_dropout_prob=0.0, pretraining_heads=False, **spec)
         model, batch, tokens = model_cls(config), bert_batch(batch_size, length), length
     tokens *= batch_size
-    load_before = os.getloadavg()[0]
+    load_before = timing.load_average()
     ours, hf = Ours(model, batch), HF(family, config, batch, device)
-    ours_times, hf_times = [], []
-    for _ in range(repeats):  # interleaved, so that a change in load hits both sides
-        ours_times.append(ours.time(steps))
-        hf_times.append(hf.time(steps))
-    ours_median, hf_median = statistics.median(ours_times), statistics.median(hf_times)
+    # Interleaved rounds (ours, hf / hf, ours / ...), so that a change in load hits both sides.
+    times = timing.interleave({"ours": lambda: ours.time(steps), "hf": lambda: hf.time(steps)}, repeats)
+    ours_median, hf_median = (timing.summary(times[side])["median"] for side in ("ours", "hf"))
     result = {
         "config": {**spec, "batch": batch_size, "length": length},
+        "measured": f"{repeats} interleaved rounds of {steps} steps per side, after compiling and "
+                    "2 warm-up steps; seconds per step (each round's mean)",
         "steps_per_round": steps, "rounds": repeats,
-        "ours_step_seconds": {"min": round(min(ours_times), 5), "median": round(ours_median, 5)},
-        "hf_step_seconds": {"min": round(min(hf_times), 5), "median": round(hf_median, 5)},
+        "ours_step_seconds": timing.summary(times["ours"]),
+        "hf_step_seconds": timing.summary(times["hf"]),
         "ours_tokens_per_second": round(tokens / ours_median, 1),
         "hf_tokens_per_second": round(tokens / hf_median, 1),
-        "ratio_ours_over_hf": round(hf_median / ours_median, 3),
+        "ratio_ours_over_hf": timing.ratio(times["hf"], times["ours"])["median"],  # of the medians
+        "ratio_ours_over_hf_of_minimums": timing.ratio(times["hf"], times["ours"])["min"],
         "ours_compile_seconds": round(ours.compile_seconds, 2),
         "model_flops_per_step": ours.flops,
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average": timing.load_report(load_before),
     }
     peak = peak_flops_per_device()
     if peak:
@@ -286,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=[*SIZES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per side")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per side")
     parser.add_argument("--size", choices=["auto", "cpu", "base"], default="auto")
     args = parser.parse_args()
     import torch

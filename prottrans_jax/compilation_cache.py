@@ -26,8 +26,8 @@ and why this module installs its own file store:
 - The key covers the program, devices, compile options, XLA flags and jax/jaxlib versions
   (cache_key.py), so a changed model, shape or flag compiles anew; only process 0 writes
   (multi-host runs share what it wrote); programs that compile faster than
-  `jax_persistent_cache_min_compile_time_secs` are not written (MIN_COMPILE_SECONDS here,
-  unless that jax variable is set in the environment).
+  `jax_persistent_cache_min_compile_time_secs` are not written (jax's default 1 s;
+  MIN_COMPILE_SECONDS here unless that jax variable is set in the environment).
 - jax builds its cache object once per process, at the first compilation, and never looks at
   `jax_compilation_cache_dir` again: `enable` resets it and installs ours.
 """
@@ -46,9 +46,10 @@ from jax._src.compilation_cache_interface import CacheInterface
 
 ENV = "PROTTRANS_JAX_COMPILATION_CACHE"
 OFF = ("", "off")
-# Programs quicker to compile than this are not worth a file (reading one costs ~10 ms); embed's
-# smallest bucket programs take 0.1-0.3 s on CPU.
-MIN_COMPILE_SECONDS = 0.1
+# Every program is written, however quick to compile: with jax's default (1 s) or even 0.1 s,
+# which programs of a tiny embed were written varied from run to run with the machine's load,
+# so a second run still compiled some; reading an entry back costs milliseconds.
+MIN_COMPILE_SECONDS = 0.0
 _SUFFIX = "-cache"  # jax's entry name: <key>-cache (lru_cache._CACHE_SUFFIX)
 _warned: set[str] = set()
 

@@ -87,8 +87,8 @@ def embed_in_a_fresh_process(hf_dir, fasta, output, cache_dir) -> dict:
             "from prottrans_jax import embed\n"
             "code = embed.main(sys.argv[1:])\n"
             "print(json.dumps({'code': code, **{e.rsplit('/', 1)[1]: n for e, n in events.items()}}))\n")
-    env = {**os.environ, compilation_cache.ENV: str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = {**{k: v for k, v in os.environ.items() if k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"},
+           compilation_cache.ENV: str(cache_dir), "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", code, "--fasta", str(fasta), "--output", str(output),
                              "--hf_model", hf_dir, "--no_progress"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
