@@ -274,3 +274,8 @@ def test_attention_fields_are_checked():
     with pytest.raises(UserError, match="not yet implemented for XLNet"):
         XLNetConfig(attention_implementation="chunked")
     assert "attention_implementation" in T5Config.RUNTIME_FIELDS
+    from prottrans_jax.models.gin_utils import config_from_gin
+
+    bound = config_from_gin(T5Config, ["gin/models/t5/tiny.gin"], ["T5Config.attention_implementation = 'chunked'",
+                                                                   "T5Config.attention_block_size = 128"])
+    assert (bound.attention_implementation, bound.attention_block_size) == ("chunked", 128)
