@@ -114,3 +114,16 @@ def test_with_attention_runs_xla_on_configs_without_the_field():
     with pytest.raises(RuntimeError, match="no attention_implementation field"):
         accelerator_suite.with_attention(Old(), "chunked")
     assert accelerator_suite.with_attention(New(), "chunked").attention_implementation == "chunked"
+
+
+def test_without_gin_the_json_says_what_to_carry(tmp_path):
+    """The GPU image has no gin-config: a run without its wheel records that, exit 0."""
+    out = tmp_path / "run.json"
+    code = ("import runpy, sys; sys.modules['gin'] = None; "
+            f"sys.argv = ['accelerator_suite.py', '--out', {str(out)!r}]; "
+            f"runpy.run_path({str(REPO / 'benchmarks' / 'accelerator_suite.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sections = json.loads(out.read_text())["sections"]
+    assert set(sections) == {"long_protein", "t5_train", "embed", "bert_train"}
+    assert all("gin-config is not installed" in s["all"]["skipped"] for s in sections.values())
