@@ -10,6 +10,8 @@ rewritten after each, so a run killed at its limit keeps what it measured):
   shaped encoder with chunked attention, via `inference.embed_sequences`: time, and peak
   device memory (`memory_stats()["peak_bytes_in_use"]`, first in the run so that the process
   peak is this one's; XLA's compiled memory analysis where the device keeps no statistics).
+- device/matmul: an 8192^3 bf16 matrix product, the FLOP/s plain matmuls reach here, beside
+  the datasheet peak that MFU divides by.
 - t5_train: ProtT5 train step at base size (gin/models/t5/base.gin), 512 + 512 tokens,
   bfloat16 compute, AdamW: tokens/s and MFU (the model's `flops_per_batch` over the device's
   dense bf16 peak, `trainer.peak_flops_per_device`) with `xla`, `cudnn` and `chunked`
@@ -71,6 +73,7 @@ FULL = {
     "long_protein": dict(residues=35213, attention="chunked", estimate_s=90),
     "bert_train": dict(gin="gin/models/bert/prot_bert.gin", batch=32, length=512, rounds=5, steps=5,
                        estimate_s=75),
+    "matmul": dict(n=8192, repeats=10, estimate_s=10),
     "budget_s": 440,
 }
 SMOKE = {  # tiny gin configs cut to one layer: the smoke run checks code paths, and compiling dominates it
@@ -81,6 +84,7 @@ SMOKE = {  # tiny gin configs cut to one layer: the smoke run checks code paths,
     "long_protein": dict(residues=2048, attention="chunked", estimate_s=10),
     "bert_train": dict(gin="gin/models/bert/tiny.gin", overrides=dict(num_layers=1), batch=2, length=32, rounds=2,
                        steps=2, estimate_s=10),
+    "matmul": dict(n=256, repeats=3, estimate_s=5),
     "budget_s": 600,
 }
 
@@ -317,6 +321,8 @@ def embed_pass(model: Any, proteins: list) -> tuple[float, dict]:
 def embed_ours(encoders: Encoders, spec: dict, proteins: list, peak: float | None) -> dict:
     from embed_throughput import encoder_flops
 
+    from prottrans_jax.inference import inference_devices
+
     model = encoders.model("xla")
     lengths = [len(p.sequence) for p in proteins]
     cold, summary = embed_pass(model, proteins)
@@ -326,6 +332,7 @@ def embed_ours(encoders: Encoders, spec: dict, proteins: list, peak: float | Non
     warm = [embed_pass(model, proteins)[0] for _ in range(spec["repeats"])]
     median = statistics.median(warm)
     flops = encoder_flops("t5", encoders.hf_shape(), lengths)
+    devices = len(inference_devices())  # embedding is data parallel over every local device
     return {"model": encoders.describe(), "attention": attention_fields(model.encoder.config) or "xla",
             "fasta": str(SAMPLE.relative_to(REPO)), "proteins": len(proteins), "residues": sum(lengths),
             "length_median": int(statistics.median(lengths)), "length_max": max(lengths),
@@ -333,8 +340,8 @@ def embed_ours(encoders: Encoders, spec: dict, proteins: list, peak: float | Non
             "max_tokens": summary["max_tokens"], "max_length": summary["max_length"],
             "long_processed_alone": summary["long_processed_alone"],
             "cold_seconds": round(cold, 3), "warm_seconds": spread(warm),
-            "residues_per_second": round(sum(lengths) / median, 1), "useful_flops": flops,
-            "fraction_of_peak_flops": _fraction(flops / median, peak)}
+            "residues_per_second": round(sum(lengths) / median, 1), "useful_flops": flops, "devices": devices,
+            "fraction_of_peak_flops": _fraction(flops / median, peak and peak * devices)}
 
 
 def embed_hf(encoders: Encoders, spec: dict, proteins: list, device: str) -> dict:
@@ -426,6 +433,28 @@ def compiled_memory(model: Any, protein: Any) -> dict:
 # ------------------------------------------------------------------------------ the machine
 
 
+def matmul_ceiling(spec: dict, peak: float | None) -> dict:
+    """An n x n x n bf16 matrix product (3 warm-ups, then `repeats` timed): the FLOP/s this
+    device reaches on plain matmuls, beside the datasheet peak MFU is measured against."""
+    import jax
+    import jax.numpy as jnp
+
+    n = spec["n"]
+    a, b = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in jax.random.split(jax.random.key(0)))
+    product = jax.jit(jnp.matmul)
+    for _ in range(3):
+        product(a, b).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(spec["repeats"]):
+        out = product(a, b)
+    out.block_until_ready()
+    seconds = (time.perf_counter() - start) / spec["repeats"]
+    flops = 2 * n**3 / seconds
+    return {"n": n, "dtype": "bfloat16", "repeats": spec["repeats"], "seconds": round(seconds, 6),
+            "tflops_per_second": round(flops / 1e12, 2), "fraction_of_peak_flops": _fraction(flops, peak)}
+
+
+
 def hf_device(backend: str) -> tuple[str | None, str | None]:
     """(torch device for the HF side, None) or (None, why it cannot run beside ours)."""
     try:
@@ -515,9 +544,12 @@ def main(argv: list[str] | None = None) -> int:
             encoders["xl"] = Encoders(sizes["embed"], embed_dtype)
         return encoders["xl"]
 
-    # 1. The long protein first: the process's memory peak is then its own.
+    # 1. The long protein first: the process's memory peak is then its own. Then the
+    # device's plain-matmul ceiling, beside the datasheet peak.
     spec = sizes["long_protein"]
     run.measure("long_protein", spec["attention"], spec["estimate_s"], lambda: long_protein(xl(), spec))
+    spec = sizes["matmul"]
+    run.measure("device", "matmul", spec["estimate_s"], lambda: matmul_ceiling(spec, peak))
 
     # 2. ProtT5 base train step: xla, then HF beside it, the other implementations after embed.
     spec = sizes["t5_train"]

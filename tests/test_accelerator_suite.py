@@ -45,7 +45,7 @@ def test_smoke_run_writes_every_section_with_positive_numbers(tmp_path):
     assert result["peak_flops_per_device"] == 1e11 and result["peak_flops_source"] == "--peak_flops"
     assert "load_average_1min_end" in result["host"]
     sections = result["sections"]
-    assert set(sections) == {"long_protein", "t5_train", "embed", "bert_train", "summary"}
+    assert set(sections) == {"long_protein", "device", "t5_train", "embed", "bert_train", "summary"}
     errors = {f"{s}/{n}": e["error"] for s, v in sections.items() for n, e in v.items() if "error" in e}
     assert not errors, errors
 
@@ -54,6 +54,9 @@ def test_smoke_run_writes_every_section_with_positive_numbers(tmp_path):
     for key in ("cold_seconds", "warm_seconds", "residues_per_second_warm", "peak_bytes_in_use"):
         positive(long, key)
     assert long["peak_source"].startswith("XLA compiled memory analysis")  # CPU keeps no memory_stats
+
+    positive(sections["device"]["matmul"], "tflops_per_second")
+    positive(sections["device"]["matmul"], "fraction_of_peak_flops")
 
     train = sections["t5_train"]
     assert train["setup"]["batch"] == {"batch": 2, "inputs_length": 32, "targets_length": 32}
