@@ -61,6 +61,8 @@ sys.path[:0] = [str(REPO), str(BENCHMARKS)]
 
 import import_stand_ins  # noqa: E402
 
+from prottrans_jax.errors import first_line  # noqa: E402  (imports nothing but sys)
+
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
 ATTENTION = ("xla", "cudnn", "chunked")
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -113,7 +115,7 @@ class Run:
             entry = fn()
         except Exception as err:  # one failure must not cost the run's other figures
             lines = traceback.format_exc().strip().splitlines()
-            entry = {"error": f"{type(err).__name__}: {_first_line(err)}", "traceback_tail": lines[-6:]}
+            entry = {"error": f"{type(err).__name__}: {first_line(err, 500)}", "traceback_tail": lines[-6:]}
         entry.update(wall_seconds=round(time.perf_counter() - start, 2), load_average_1min=round(load, 2))
         return self.record(section, name, entry)
 
@@ -130,11 +132,6 @@ class Run:
         partial = self.out.with_name(self.out.name + ".partial")
         partial.write_text(json.dumps(self.result, indent=1, default=_jsonable))
         partial.replace(self.out)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:500] if lines else ""
 
 
 def _jsonable(value: Any) -> Any:
@@ -216,6 +213,14 @@ def t5_model(spec: dict):
     return EncoderDecoderModel(config), config
 
 
+def t5_train(t5: dict, spec: dict, implementation: str, peak: float | None) -> dict:
+    from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
+
+    config = with_attention(t5["config"], implementation)
+    return {"attention": attention_fields(config) or "xla",
+            **train_step(EncoderDecoderModel(config), t5["batch"], t5["tokens"], spec["rounds"], spec["steps"], peak)}
+
+
 def t5_batch(spec: dict) -> tuple[dict, int]:
     import train_throughput
 
@@ -278,15 +283,20 @@ class Encoders:
 
 
 def random_like(abstract: Any, rng: Any) -> Any:
-    """N(0, 0.02) matrices and unit vectors (norm scales) shaped like `abstract`: random
-    weights without compiling the model's own initialiser (the encoder's only, no decoder)."""
+    """N(0, 0.02) weights and unit norm scales shaped like `abstract`: random weights without
+    compiling the model's own initialiser (which would build the decoder too)."""
     import jax
     import jax.numpy as jnp
 
-    leaves, tree = jax.tree.flatten(abstract)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(abstract)
     keys = jax.random.split(rng, len(leaves))
-    return tree.unflatten([jnp.ones(a.shape, a.dtype) if len(a.shape) == 1
-                           else (0.02 * jax.random.normal(k, a.shape)).astype(a.dtype) for a, k in zip(leaves, keys)])
+
+    def fill(path, a, key):
+        if str(getattr(path[-1], "key", "")) == "scale":
+            return jnp.ones(a.shape, a.dtype)
+        return (0.02 * jax.random.normal(key, a.shape)).astype(a.dtype)
+
+    return tree.unflatten([fill(path, a, key) for (path, a), key in zip(leaves, keys)])
 
 
 def sample_proteins(spec: dict) -> list:
@@ -372,7 +382,8 @@ def embed_hf(encoders: Encoders, spec: dict, proteins: list, device: str) -> dic
     del model
     _free_torch(device)
     residues = sum(len(p.sequence) for p in proteins)
-    return {"dtype": "float16" if half else "float32", "batching": "prott5_embedder.py (benchmarks/embed_throughput.py)",
+    return {"dtype": "float16" if half else "float32",
+            "batching": "prott5_embedder.py (benchmarks/embed_throughput.py)",
             "seconds": spread(times), "residues_per_second": round(residues / statistics.median(times), 1)}
 
 
@@ -546,61 +557,65 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. The long protein first: the process's memory peak is then its own. Then the
     # device's plain-matmul ceiling, beside the datasheet peak.
-    spec = sizes["long_protein"]
-    run.measure("long_protein", spec["attention"], spec["estimate_s"], lambda: long_protein(xl(), spec))
-    spec = sizes["matmul"]
-    run.measure("device", "matmul", spec["estimate_s"], lambda: matmul_ceiling(spec, peak))
+    long_spec, matmul_spec = sizes["long_protein"], sizes["matmul"]
+    run.measure("long_protein", long_spec["attention"], long_spec["estimate_s"], lambda: long_protein(xl(), long_spec))
+    run.measure("device", "matmul", matmul_spec["estimate_s"], lambda: matmul_ceiling(matmul_spec, peak))
 
     # 2. ProtT5 base train step: xla, then HF beside it, the other implementations after embed.
-    spec = sizes["t5_train"]
-    model, config = t5_model(spec)
-    batch, tokens = t5_batch(spec)
-    run.record("t5_train", "setup", {**describe_train(spec, config), "model_flops_per_step": model.flops_per_batch(batch),
-                                     "tokens_per_step": tokens})
+    t5_spec, t5 = sizes["t5_train"], {}
+
+    def t5_setup() -> dict:
+        t5["model"], t5["config"] = t5_model(t5_spec)
+        t5["batch"], t5["tokens"] = t5_batch(t5_spec)
+        t5["flops"] = t5["model"].flops_per_batch(t5["batch"])
+        return {**describe_train(t5_spec, t5["config"]), "model_flops_per_step": t5["flops"],
+                "tokens_per_step": t5["tokens"]}
+
+    run.measure("t5_train", "setup", 5, t5_setup)
     implementations = [i for i in args.attention.split(",") if i]
 
     def t5_measure(implementation: str) -> None:
-        if implementation == "cudnn" and backend != "gpu":
-            run.record("t5_train", "cudnn", {"skipped": f"cudnn attention runs only on a GPU backend (this is {backend})"})
-            return
-        from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
+        if "config" not in t5:
+            run.record("t5_train", implementation, {"skipped": "t5_train/setup failed"})
+        elif implementation == "cudnn" and backend != "gpu":
+            run.record("t5_train", "cudnn", {"skipped": f"cudnn attention runs only on a GPU backend ({backend} here)"})
+        else:
+            run.measure("t5_train", implementation, t5_spec["estimate_s"],
+                        lambda: t5_train(t5, t5_spec, implementation, peak))
 
-        run.measure("t5_train", implementation, spec["estimate_s"], lambda: {
-            "attention": attention_fields(with_attention(config, implementation)) or "xla",
-            **train_step(EncoderDecoderModel(with_attention(config, implementation)), batch, tokens,
-                         spec["rounds"], spec["steps"], peak)})
-
-    first, later = implementations[:1], implementations[1:]
-    for implementation in first:
+    for implementation in implementations[:1]:
         t5_measure(implementation)
-    if hf_on:
-        run.measure("t5_train", "hf", spec["hf_estimate_s"], lambda: {
-            "model": "transformers.T5ForConditionalGeneration", "device": hf_on,
-            **hf_train_step("t5", config, batch, tokens, spec["rounds"], spec["steps"],
-                            model.flops_per_batch(batch), peak, hf_on)})
+    if not hf_on or "config" not in t5:
+        run.record("t5_train", "hf", {"skipped": f"hf: {hf_why}" if not hf_on else "t5_train/setup failed"})
     else:
-        run.record("t5_train", "hf", {"skipped": f"hf: {hf_why}"})
+        run.measure("t5_train", "hf", t5_spec["hf_estimate_s"], lambda: {
+            "model": "transformers.T5ForConditionalGeneration", "device": hf_on,
+            **hf_train_step("t5", t5["config"], t5["batch"], t5["tokens"], t5_spec["rounds"], t5_spec["steps"],
+                            t5["flops"], peak, hf_on)})
 
     # 3. Embedding throughput, ours then HF's route.
-    spec = sizes["embed"]
-    proteins = sample_proteins(spec)
-    run.measure("embed", "ours", spec["estimate_s"], lambda: embed_ours(xl(), spec, proteins, peak))
-    if hf_on:
-        run.measure("embed", "hf", spec["hf_estimate_s"], lambda: {
-            "model": "transformers.T5EncoderModel", "device": hf_on, **embed_hf(xl(), spec, proteins, hf_on)})
+    embed_spec, proteins = sizes["embed"], []
+
+    def embed_measure() -> dict:
+        proteins.extend(sample_proteins(embed_spec))
+        return embed_ours(xl(), embed_spec, proteins, peak)
+
+    run.measure("embed", "ours", embed_spec["estimate_s"], embed_measure)
+    if not hf_on or not proteins:
+        run.record("embed", "hf", {"skipped": f"hf: {hf_why}" if not hf_on else "no proteins: embed/ours failed"})
     else:
-        run.record("embed", "hf", {"skipped": f"hf: {hf_why}"})
+        run.measure("embed", "hf", embed_spec["hf_estimate_s"], lambda: {
+            "model": "transformers.T5EncoderModel", "device": hf_on, **embed_hf(xl(), embed_spec, proteins, hf_on)})
     encoders.clear()
     gc.collect()
 
     # 4. The other attention implementations of the T5 step.
-    spec = sizes["t5_train"]
-    for implementation in later:
+    for implementation in implementations[1:]:
         t5_measure(implementation)
 
     # 5. ProtBert's train step.
-    spec = sizes["bert_train"]
-    run.measure("bert_train", "xla", spec["estimate_s"], lambda: bert_train(spec, peak))
+    bert_spec = sizes["bert_train"]
+    run.measure("bert_train", "xla", bert_spec["estimate_s"], lambda: bert_train(bert_spec, peak))
 
     add_ratios(run.result["sections"])
     run.result["host"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
@@ -630,7 +645,8 @@ def add_ratios(sections: dict) -> None:
             entry["speedup_vs_hf"] = round(hf["median"] / entry["step_seconds"]["median"], 3)
     embed = sections.get("embed", {})
     if "seconds" in embed.get("hf", {}) and "warm_seconds" in embed.get("ours", {}):
-        embed["ours"]["speedup_vs_hf"] = round(embed["hf"]["seconds"]["median"] / embed["ours"]["warm_seconds"]["median"], 3)
+        ours, hf_seconds = embed["ours"]["warm_seconds"]["median"], embed["hf"]["seconds"]["median"]
+        embed["ours"]["speedup_vs_hf"] = round(hf_seconds / ours, 3)
 
 
 def targets(sections: dict) -> dict:
