@@ -2,7 +2,8 @@ r"""Embeddings for whole proteomes: FASTA in, HDF5 of the encoder's last hidden 
 
     python -m prottrans_jax.embed --fasta proteins.fasta --output embeddings.h5 \
         (--model_dir DIR | --hf_model DIR) [--per_residue] [--per_protein] \
-        [--dtype bfloat16|float16|float32] [--max_tokens N] [--max_length L] [--policy error|skip]
+        [--dtype bfloat16|float16|float32] [--max_tokens N] [--max_length L] [--policy error|skip] \
+        [--attention auto|xla|chunked|cudnn]
 
 Any family (`prottrans_jax.families`): `--model_dir`, a trainer MODEL_DIR (family, config and
 vocabulary from its model.json, parameters of the latest checkpoint, optimizer state never
@@ -16,8 +17,9 @@ Output, as ProtTrans' prott5_embedder.py: one root-level dataset per protein, na
 FASTA id ('/' becomes '_'; the id is kept in the `original_id` attribute), holding the last
 hidden state of the residues (special tokens removed): (length, d_model) per residue, or the
 mean over residues, (d_model,), per protein. Attributes: `length` and `original_id` on each
-dataset; `model`, `model_fingerprint`, `dtype` (compute), `embedding` and `d_model` on the
-file. With neither flag: per residue. With both: per residue in --output and per protein
+dataset; `model`, `model_fingerprint`, `dtype` (compute), `embedding`, `d_model` and the
+attention used (`attention`: the request; `attention_short` / `attention_long`: the
+implementation up to / above --max_length) on the file. With neither flag: per residue. With both: per residue in --output and per protein
 in `<output stem>.per_protein.h5` beside it. Arrays are float32 when computing in float32,
 float16 otherwise (as prott5_embedder.py's half-precision output); per-protein means are
 always float32.
@@ -25,9 +27,12 @@ always float32.
 Batching, static shapes, long proteins and device use: `prottrans_jax.inference`. The
 defaults: --max_tokens 4096 padded tokens per batch on CPU, 16384 on accelerators;
 --max_length 1000 (prott5_embedder.py's max_seq_len): longer proteins are never truncated but
-embedded alone, and counted in the summary. Attention memory grows with length squared
-(ProtT5-XL in bf16: about heads x L^2 x 6 bytes per layer, ~13 GB at L = 8,000); a protein
-that runs out of device memory is skipped and reported by id.
+embedded alone, and counted in the summary. --attention auto (the default) embeds those with
+chunked attention, whose memory grows linearly with length (a 35,213-residue protein with a
+ProtT5-XL-shaped encoder: README, Performance), and the others with dense attention (cudnn's
+fused kernel on a GPU); dense attention memory grows with length squared (ProtT5-XL in bf16:
+about heads x L^2 x 6 bytes per layer, ~13 GB at L = 8,000). A protein that runs out of device
+memory is skipped and reported by id.
 
 Resuming: re-running with the same output skips proteins already there. Each protein's
 dataset is written under `_incomplete/` and moved to its name once complete; the file is
@@ -52,8 +57,9 @@ import numpy as np
 
 from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.fasta import FastaStats, read_fasta
-from prottrans_jax.inference import (DEFAULT_MAX_LENGTH, DEFAULT_MAX_TOKENS, DTYPES, OutOfMemoryError,
-                                     Protein, embed_sequences, load_for_inference, replicated_sharding)
+from prottrans_jax.inference import (ATTENTION_CHOICES, DEFAULT_MAX_LENGTH, DEFAULT_MAX_TOKENS, DTYPES,
+                                     OutOfMemoryError, Protein, attention_plan, embed_sequences,
+                                     load_for_inference, replicated_sharding)
 from prottrans_jax.vocab import normalize_sequence
 
 INCOMPLETE = "_incomplete"
@@ -162,7 +168,7 @@ def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None =
                       per_residue: bool = True, per_protein: bool = False, dtype: str | None = None,
                       max_tokens: int | None = None, max_length: int | None = None, policy: str = "error",
                       progress: bool = False, after_batch: Callable[[int], None] | None = None,
-                      part: str | None = None) -> dict:
+                      part: str | None = None, attention: str = "auto") -> dict:
     """Embeds every valid protein of a FASTA file into HDF5 (see the module docstring).
 
     Returns the summary: counts read / embedded / skipped (already in the output) / invalid by
@@ -181,11 +187,14 @@ def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None =
     if not proteins:  # an empty output would look like a finished embedding of nothing
         dropped = f", all dropped: {dict(stats.dropped)}" if stats.dropped else ""
         raise UserError(f"{fasta_path}: no protein to embed ({stats.read} record(s) read{dropped})")
+    if attention not in ATTENTION_CHOICES:
+        raise UserError(f"--attention {attention!r}: expected one of {ATTENTION_CHOICES}")
     model = load_for_inference(model_dir, hf_model, dtype, sharding=replicated_sharding(), part=part)
+    plan = attention_plan(model, attention)  # before any output: cudnn without a GPU is refused here
     check = {"model_fingerprint": model.fingerprint, "dtype": model.dtype, "d_model": model.d_model}
     attrs = {"model": model.name, "family": model.family.name, "part": model.encoder.part,
              "format_version": FORMAT_VERSION,
-             "producer": "prottrans_jax.embed"}
+             "producer": "prottrans_jax.embed", **plan}
     outputs: list[H5Output] = []
     if per_residue:
         outputs.append(H5Output(output_path, "per_residue", attrs, {**check, "embedding": "per_residue"}))
@@ -204,7 +213,7 @@ def embed_fasta_to_h5(fasta_path: str, output_path: str, model_dir: str | None =
         try:
             for written, result in enumerate(embed_sequences(
                     model, todo, max_tokens=max_tokens, max_length=max_length, per_residue=per_residue,
-                    summary=summary, should_stop=lambda: flag.stop), start=1):
+                    summary=summary, attention=attention, should_stop=lambda: flag.stop), start=1):
                 for output in outputs:
                     if output.kind == "per_residue":
                         output.write((p, rows.astype(storage)) for p, rows in zip(result.batch.proteins, result.per_residue))
@@ -252,6 +261,9 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                         help=f"padded tokens per batch (default {DEFAULT_MAX_TOKENS})")
     parser.add_argument("--max_length", type=int, default=None,
                         help=f"longer proteins are embedded alone, never truncated (default {DEFAULT_MAX_LENGTH})")
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                        help="attention implementation: auto (default) is chunked above --max_length, dense "
+                             "(cudnn on a GPU) up to it; xla, chunked or cudnn for all proteins")
     parser.add_argument("--policy", choices=("error", "skip"), default="error",
                         help="invalid FASTA records: stop (error) or drop and count (skip)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -267,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = embed_fasta_to_h5(args.fasta, args.output, model_dir=args.model_dir, hf_model=args.hf_model,
                                     per_residue=per_residue, per_protein=args.per_protein, dtype=args.dtype,
                                     max_tokens=args.max_tokens, max_length=args.max_length, policy=args.policy,
-                                    progress=not args.no_progress, part=args.part)
+                                    progress=not args.no_progress, part=args.part, attention=args.attention)
     except (*USER_ERRORS, OutOfMemoryError) as err:
         if args.debug:
             raise

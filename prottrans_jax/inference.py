@@ -17,6 +17,12 @@ programs. One batch is in flight while the previous one is collected. All local
 accelerators are used, data parallel. Proteins longer than `max_length` residues are never
 truncated: each is processed alone (one per device); one that runs out of device memory is
 skipped and reported by id.
+
+Attention (`attention`, models/dot_product_attention.py): "auto" embeds the proteins up to
+`max_length` with "xla" ("cudnn" on a GPU in bfloat16 / float16) and each longer one with
+"chunked", whose memory grows linearly with length, so a 35,213-residue protein fits where
+the dense scores would need hundreds of GiB; "xla", "chunked" or "cudnn" use one for all.
+A family without chunked attention (XLNet, Transformer-XL) keeps "xla" under "auto".
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prottrans_jax import families, model_dir as model_dir_lib
 from prottrans_jax.errors import UserError
+from prottrans_jax.models.dot_product_attention import IMPLEMENTATIONS, check_available
 from prottrans_jax.vocab import ProteinVocabulary
 
 DEFAULT_MAX_LENGTH = 1000  # prott5_embedder.py: longer sequences are embedded one at a time
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "accelerator": 16384}
 DTYPES = ("bfloat16", "float16", "float32")
+ATTENTION_CHOICES = ("auto", *IMPLEMENTATIONS)
 FINGERPRINT_VALUES_PER_ARRAY = 4096
 
 
@@ -130,6 +138,38 @@ def fingerprint(params: Any) -> str:
         digest.update(f"{jax.tree_util.keystr(path)}{tuple(leaf.shape)}".encode())
         digest.update(sample.tobytes())
     return digest.hexdigest()[:16]
+
+
+def with_attention(encoder: Any, implementation: str) -> Any:
+    """The same encoder running `implementation`; UserError where its family has none."""
+    if encoder.config.attention_implementation == implementation:
+        return encoder
+    return dataclasses.replace(encoder, config=dataclasses.replace(encoder.config,
+                                                                   attention_implementation=implementation))
+
+
+def attention_plan(model: InferenceModel, attention: str = "auto") -> dict[str, str]:
+    """{"attention": the request, "attention_short": the implementation for proteins up to
+    max_length, "attention_long": for the longer ones, embedded alone}; a one-line UserError
+    for an unknown choice or one that cannot run here (cudnn without a CUDA GPU)."""
+    if attention not in ATTENTION_CHOICES:
+        raise UserError(f"--attention {attention!r}: expected one of {ATTENTION_CHOICES}")
+    if attention == "auto":
+        fused = jax.default_backend() == "gpu" and model.dtype in ("bfloat16", "float16")
+        short, long = ("cudnn" if fused else "xla"), "chunked"
+    else:
+        check_available(attention, model.dtype)
+        short = long = attention
+    plan = {}
+    for key, implementation in (("attention_short", short), ("attention_long", long)):
+        try:
+            with_attention(model.encoder, implementation)
+        except UserError:
+            if attention != "auto":
+                raise
+            implementation = "xla"  # the family has only dense attention
+        plan[key] = implementation
+    return {"attention": attention, **plan}
 
 
 # ------------------------------------------------------------------------------ batching
@@ -227,9 +267,10 @@ def replicated_sharding() -> NamedSharding:
 
 def embed_sequences(model: InferenceModel, proteins: Sequence[Protein], *,
                     max_tokens: int | None = None, max_length: int | None = None,
-                    per_residue: bool = True, summary: dict | None = None,
+                    per_residue: bool = True, summary: dict | None = None, attention: str = "auto",
                     should_stop: Callable[[], bool] = lambda: False) -> Iterator[Embedded]:
-    """Embeds `proteins`, one batch at a time (longest first); counts go to `summary`.
+    """Embeds `proteins`, one batch at a time (longest first); counts go to `summary`;
+    `attention` as the module docstring says (the implementations used go to `summary`).
 
     `should_stop()` is asked after each batch is handed over (SIGTERM, Ctrl-C): the batch in
     flight is finished first, so nothing is cut short.
@@ -239,6 +280,7 @@ def embed_sequences(model: InferenceModel, proteins: Sequence[Protein], *,
     max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
     if max_tokens <= 0 or max_length <= 0:
         raise UserError(f"max_tokens and max_length must be positive, got {max_tokens} and {max_length}")
+    plan = attention_plan(model, attention)
     devices = inference_devices()
     row_sharded = NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
     framing = model.encoder.framing(model.vocabulary)
@@ -250,11 +292,13 @@ def embed_sequences(model: InferenceModel, proteins: Sequence[Protein], *,
                     if k not in summary})
     summary["batches"] += len(batches)
     summary["static_shapes"] = len({(b.rows, b.length) for b in batches})
-    encode = _encode_fn(model.encoder, framing)
+    summary.update(plan)
+    encoders = {alone: _encode_fn(with_attention(model.encoder, plan[key]), framing)
+                for alone, key in ((False, "attention_short"), (True, "attention_long"))}
 
     def dispatch(batch: Batch):
         tokens, lengths = jax.device_put(batch_tokens(batch, model.vocabulary, framing), row_sharded)
-        return encode(model.params, tokens, lengths)
+        return encoders[batch.alone](model.params, tokens, lengths)
 
     def collect(batch: Batch, result) -> Embedded | None:
         try:

@@ -1,9 +1,11 @@
 """prottrans_jax.embed: equality with transformers' T5EncoderModel through the CLI, batching,
 resume after an interruption, MODEL_DIR input, and one-line errors."""
 
+import dataclasses
 import os
 
 import h5py
+import jax
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,34 @@ def test_cli_embeddings_equal_transformers_per_residue_and_per_protein(embed, se
     with h5py.File(reference, "r") as f:
         assert f.attrs["dtype"] == "float32" and f.attrs["embedding"] == "per_residue"
         assert f.attrs["model"] == os.path.abspath(hf_dir) and "_incomplete" not in f
+        # The two proteins above MAX_LENGTH went through chunked attention, the others dense.
+        assert (f.attrs["attention"], f.attrs["attention_short"], f.attrs["attention_long"]) == ("auto", "xla", "chunked")
+
+
+def test_a_protein_above_max_length_embeds_whole_with_chunked_attention_equal_to_xla(setup):
+    """auto: chunked (tiles of 16 here, so 101 + </s> positions make 7 x 7 tiles) for the protein
+    above max_length, xla below; the same embeddings as xla everywhere."""
+    _, _, hf_dir, _ = setup
+    model = inference.load_for_inference(hf_model=hf_dir, dtype="float32")
+    config = dataclasses.replace(model.encoder.config, attention_block_size=16)
+    model = dataclasses.replace(model, encoder=dataclasses.replace(model.encoder, config=config))
+    proteins = [inference.Protein("long", "".join(RNG.choice(list("ACDEFGHIKLMNPQRSTVWY"), 101))),
+                inference.Protein("short", "MKTAYIAKQRQISFVKSHFS")]
+
+    def run(attention):
+        summary = {}
+        rows = {p.id: r for done in inference.embed_sequences(model, proteins, max_length=MAX_LENGTH, summary=summary,
+                                                              attention=attention)
+                for p, r in zip(done.batch.proteins, done.per_residue)}
+        return rows, summary
+
+    auto, summary = run("auto")
+    dense, dense_summary = run("xla")
+    assert summary["long_ids"] == ["long"] and summary["attention_long"] == "chunked"
+    assert summary["attention_short"] == "xla" and dense_summary["attention_long"] == "xla"
+    assert auto["long"].shape == (101, 32)
+    for name in ("long", "short"):
+        np.testing.assert_allclose(auto[name], dense[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_batch_plan_respects_the_budget_and_processes_long_proteins_alone():
@@ -193,6 +223,9 @@ def test_bad_inputs_are_one_line_errors(embed, setup, tmp_path, capsys):
         data = open(os.path.join(hf_dir, name), "rb").read()
         (corrupt / name).write_bytes(data[: len(data) // 2] if name == "model.safetensors" else data)
     assert "cannot read safetensors weights" in run("--hf_model", str(corrupt))
+    if jax.default_backend() != "gpu":
+        assert "needs a CUDA GPU" in run("--hf_model", hf_dir, "--attention", "cudnn")
+        assert not os.path.exists(tmp_path / "o.h5")
     bad_fasta = tmp_path / "bad.fasta"
     bad_fasta.write_text(">a\nMKT\n>b\nMK1T\n")
     code = embed.main(["--fasta", str(bad_fasta), "--output", str(tmp_path / "o.h5"), "--hf_model", hf_dir])

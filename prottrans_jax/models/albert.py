@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from prottrans_jax import families
 from prottrans_jax.errors import UserError
+from prottrans_jax.models.attention_bias import AttentionBias
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.bert import Bert, BertConfig, BertEncoder, BertLayer, BertMLMModel, dense
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Dense, Embed, LayerNorm, activation,
@@ -80,6 +81,8 @@ class AlbertConfig(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"  # "none" | "full" | "minimal"
     scan_layers: bool = False
+    attention_implementation: str = "xla"  # "xla" | "chunked" | "cudnn" (models/dot_product_attention.py)
+    attention_block_size: int = 512  # chunked: queries / keys per tile
     pad_id: int = 0
 
     def __post_init__(self):
@@ -125,7 +128,7 @@ class AlbertLayerGroup(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_bias: AttentionBias) -> jax.Array:
         cfg = self.config
         layer_cls = remat_layer(BertLayer, cfg.remat_policy, cfg.scan_layers)
         for j in range(cfg.inner_group_num):
@@ -133,11 +136,11 @@ class AlbertLayerGroup(nn.Module):
         return x
 
 
-def _group_step(group: nn.Module, x: jax.Array, attention_bias: jax.Array):
+def _group_step(group: nn.Module, x: jax.Array, attention_bias: AttentionBias):
     return group(x, attention_bias), None
 
 
-def repeat_shared(module: nn.Module, times: int, scan: bool, x: jax.Array, attention_bias: jax.Array) -> jax.Array:
+def repeat_shared(module: nn.Module, times: int, scan: bool, x: jax.Array, attention_bias: AttentionBias) -> jax.Array:
     """`module` applied `times` times with one set of parameters: under nn.scan with the
     parameters broadcast (one compiled body, fresh dropout per step), or called repeatedly."""
     if not scan:
@@ -178,7 +181,7 @@ class Encoder(nn.Module):
     config: AlbertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_bias: AttentionBias, deterministic: bool) -> jax.Array:
         cfg = self.config
         x = Dense(cfg.hidden_size, (FACTORIZED_EMBED, "embed"), cfg.compute_dtype, cfg.parameter_dtype,
                   cfg.kernel_init, use_bias=True, name="embedding_hidden_mapping_in")(x)

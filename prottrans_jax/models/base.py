@@ -30,7 +30,7 @@ is the number of target tokens, the denominator of the loss and of the gradients
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Protocol
+from typing import Any, ClassVar, Mapping, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ import numpy as np
 
 from prottrans_jax import losses
 from prottrans_jax.errors import UserError
+from prottrans_jax.models.dot_product_attention import IMPLEMENTATIONS
 
 
 class Average(NamedTuple):
@@ -75,16 +76,29 @@ class PretrainModel(Protocol):
 
 class ComputeDtypes:
     """`compute_dtype` / `parameter_dtype` of a model config with `dtype` and `param_dtype`
-    fields (every family's: parameters in float32, compute in bfloat16 by default)."""
+    fields (every family's: parameters in float32, compute in bfloat16 by default), and the
+    attention fields every family's config carries:
+
+        attention_implementation: str = "xla"   # "xla" | "chunked" | "cudnn"
+        attention_block_size: int = 512         # chunked: queries / keys per tile
+
+    They change how attention runs, not what the weights compute: a family lists
+    ATTENTION_FIELDS in its RUNTIME_FIELDS, so training and embedding may differ there.
+    """
+
+    ATTENTION_FIELDS: ClassVar[tuple[str, ...]] = ("attention_implementation", "attention_block_size")
 
     def check_dtypes(self) -> None:
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises TypeError naming the bad dtype
 
     def check_fields(self, positive: tuple[str, ...], choices: Mapping[str, tuple[str, ...]]) -> None:
-        """ValueError naming the first field that is not positive or not one of its choices,
-        then the dtypes: the checks every family's config runs in `__post_init__`."""
+        """UserError naming the first field that is not positive or not one of its choices
+        (the attention fields included), then the dtypes: the checks every family's config
+        runs in `__post_init__`."""
         where = type(self).__name__
+        choices = {**choices, "attention_implementation": IMPLEMENTATIONS}
+        positive = (*positive, "attention_block_size")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{where}.{name}={getattr(self, name)!r}; expected one of {allowed}")

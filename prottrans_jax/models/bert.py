@@ -34,8 +34,8 @@ import numpy as np
 from prottrans_jax import families
 from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention import (MultiHeadAttention, combine_masks, make_attention_mask,
-                                            mask_to_bias, segment_or_token_validity)
+from prottrans_jax.models.attention import MultiHeadAttention
+from prottrans_jax.models.attention_bias import AttentionBias, segment_or_token_validity
 from prottrans_jax.models.base import ComputeDtypes, Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Dense, Embed, LayerNorm, MlpBlock,
                                          activation, apply_layer_stack, remat_layer)
@@ -53,7 +53,8 @@ class BertConfig(ComputeDtypes):
 
     # Fields that change how the model runs, not what its weights compute.
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_dropout_prob", "attention_dropout_prob",
-                                                  "dtype", "param_dtype", "remat_policy", "scan_layers")
+                                                  "dtype", "param_dtype", "remat_policy", "scan_layers",
+                                                  *ComputeDtypes.ATTENTION_FIELDS)
 
     vocab_size: int = 30
     hidden_size: int = 768
@@ -72,6 +73,8 @@ class BertConfig(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"  # "none" | "full" | "minimal"
     scan_layers: bool = False
+    attention_implementation: str = "xla"  # "xla" | "chunked" | "cudnn" (models/dot_product_attention.py)
+    attention_block_size: int = 512  # chunked: queries / keys per tile
     pad_id: int = 0
 
     def __post_init__(self):
@@ -111,12 +114,14 @@ class BertLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_bias: AttentionBias) -> jax.Array:
         cfg = self.config
         dropout = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)  # noqa: E731
-        h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.attention_dropout_prob, cfg.compute_dtype,
-                               cfg.parameter_dtype, use_bias=True, scale_logits=True,
-                               kernel_init=cfg.kernel_init, name="attention")(x, x, attention_bias, self.deterministic)
+        attention = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.attention_dropout_prob, cfg.compute_dtype,
+                                       cfg.parameter_dtype, use_bias=True, scale_logits=True,
+                                       kernel_init=cfg.kernel_init, implementation=cfg.attention_implementation,
+                                       block_size=cfg.attention_block_size, name="attention")
+        h = attention(x, x, attention_bias, self.deterministic)
         x = _norm(cfg, "attention_layer_norm")(x + dropout(h))
         h = MlpBlock(cfg.intermediate_size, cfg.hidden_act, 0.0, cfg.compute_dtype, cfg.parameter_dtype,
                      use_bias=True, kernel_init=cfg.kernel_init, name="mlp")(x, self.deterministic)
@@ -152,7 +157,7 @@ class Encoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_bias: AttentionBias, deterministic: bool) -> jax.Array:
         cfg = self.config
         layer_cls = remat_layer(BertLayer, cfg.remat_policy, cfg.scan_layers)
         return apply_layer_stack(lambda name: layer_cls(cfg, deterministic, name=name),
@@ -221,17 +226,16 @@ class Bert(nn.Module):
 
 
 def encoder_inputs(tokens: jax.Array, token_types: jax.Array | None, segment_ids: jax.Array | None,
-                   positions: jax.Array | None, pad_id: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+                   positions: jax.Array | None, pad_id: int) -> tuple[AttentionBias, jax.Array, jax.Array]:
     """(attention bias, positions, token types) of a bidirectional encoder over `tokens`:
     padding masked out, attention kept inside each packed segment, positions from 0 and
     token type 0 unless given. Shared by the BERT-like families."""
     valid = segment_or_token_validity(tokens, segment_ids, pad_id)
-    mask = make_attention_mask(valid, valid)
-    if segment_ids is not None:
-        mask = combine_masks(mask, make_attention_mask(segment_ids, segment_ids, jnp.equal))
+    bias = AttentionBias.create(tokens.shape[1], tokens.shape[1], query_valid=valid, key_valid=valid,
+                                query_segments=segment_ids, key_segments=segment_ids)
     positions = jnp.arange(tokens.shape[1])[None, :] if positions is None else positions
     token_types = jnp.zeros_like(tokens) if token_types is None else token_types
-    return mask_to_bias(mask), positions, token_types
+    return bias, positions, token_types
 
 
 def dummy_tokens(batch_size: int = 1, length: int = 8) -> jax.Array:

@@ -39,7 +39,7 @@ from prottrans_jax import families
 from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
 from prottrans_jax.errors import UserError
 from prottrans_jax.models import bert
-from prottrans_jax.models.attention import segment_or_token_validity
+from prottrans_jax.models.attention_bias import AttentionBias, segment_or_token_validity
 from prottrans_jax.models.base import Average, ComputeDtypes, Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.layers import ACTIVATIONS, REMAT_POLICIES, LayerNorm, activation
 from prottrans_jax.vocab import ProteinVocabulary, prot_bert_vocabulary
@@ -58,7 +58,8 @@ class ElectraConfig(ComputeDtypes):
     """
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_dropout_prob", "attention_dropout_prob",
-                                                  "dtype", "param_dtype", "remat_policy", "scan_layers")
+                                                  "dtype", "param_dtype", "remat_policy", "scan_layers",
+                                                  *ComputeDtypes.ATTENTION_FIELDS)
 
     vocab_size: int = 30
     embedding_size: int = 1024  # the shared embedding width
@@ -81,6 +82,8 @@ class ElectraConfig(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = False
+    attention_implementation: str = "xla"  # "xla" | "chunked" | "cudnn" (models/dot_product_attention.py)
+    attention_block_size: int = 512  # chunked: queries / keys per tile
     pad_id: int = 0
 
     def __post_init__(self):
@@ -105,7 +108,9 @@ class ElectraConfig(ComputeDtypes):
             hidden_dropout_prob=self.hidden_dropout_prob, attention_dropout_prob=self.attention_dropout_prob,
             layer_norm_eps=self.layer_norm_eps, initializer_range=self.initializer_range,
             pretraining_heads=False, dtype=self.dtype, param_dtype=self.param_dtype,
-            remat_policy=self.remat_policy, scan_layers=self.scan_layers, pad_id=self.pad_id)
+            remat_policy=self.remat_policy, scan_layers=self.scan_layers,
+            attention_implementation=self.attention_implementation,
+            attention_block_size=self.attention_block_size, pad_id=self.pad_id)
 
     def embeddings(self) -> bert.BertConfig:
         """The shared embeddings as BERT's at the embedding width (heads are unused there)."""
@@ -163,7 +168,7 @@ class Tower(nn.Module):
         self.head = (DiscriminatorHead(cfg) if self.kind == "discriminator"
                      else GeneratorHead(cfg, self.embedding_size, self.embeddings))
 
-    def __call__(self, embedded: jax.Array, attention_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, embedded: jax.Array, attention_bias: AttentionBias, deterministic: bool) -> jax.Array:
         x = embedded if self.projection is None else self.projection(embedded)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return self.encoder(x, attention_bias, deterministic)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention import MASKED_LOGIT
+from prottrans_jax.models.attention_bias import MASKED_LOGIT
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
                                          remat_layer)
@@ -53,7 +53,8 @@ class RelativeConfig(ComputeDtypes):
     """
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_prob", "attention_dropout_prob", "mem_len",
-                                                  "dtype", "param_dtype", "remat_policy", "scan_layers")
+                                                  "dtype", "param_dtype", "remat_policy", "scan_layers",
+                                                  *ComputeDtypes.ATTENTION_FIELDS)
 
     vocab_size: int = 32
     hidden_size: int = 1024
@@ -74,11 +75,17 @@ class RelativeConfig(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = False
+    attention_implementation: str = "xla"  # only "xla": the relative shift has no chunked form yet
+    attention_block_size: int = 512
 
     def check_relative_fields(self, positive: tuple[str, ...] = ()) -> None:
         self.check_fields(("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim",
                            "intermediate_size", *positive),
                           {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
+        if self.attention_implementation != "xla":
+            raise UserError(f"{type(self).__name__}.attention_implementation="
+                            f"{self.attention_implementation!r}: only 'xla' is implemented for relative-shift "
+                            f"attention (chunked and cudnn are not yet implemented for XLNet / Transformer-XL)")
         for name in ("mem_len", "reuse_len"):
             if getattr(self, name) < 0:
                 raise UserError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")

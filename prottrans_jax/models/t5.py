@@ -23,15 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention import (
-    MultiHeadAttention,
-    RelativePositionBias,
-    combine_masks,
-    make_attention_mask,
-    make_causal_mask,
-    mask_to_bias,
-    segment_or_token_validity,
-)
+from prottrans_jax.models.attention import MultiHeadAttention, RelativePositionBias
+from prottrans_jax.models.attention_bias import AttentionBias, segment_or_token_validity
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.layers import (
     REMAT_POLICIES,
@@ -52,8 +45,8 @@ class T5Config(ComputeDtypes):
     """Hyper-parameters of a T5 model; bound from gin (`T5Config.d_model = 1024`)."""
 
     # Fields that change how the model runs, not what its weights compute.
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "param_dtype",
-                                                  "remat_policy", "scan_layers")
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "param_dtype", "remat_policy",
+                                                  "scan_layers", *ComputeDtypes.ATTENTION_FIELDS)
 
     vocab_size: int = 128
     d_model: int = 768
@@ -79,21 +72,17 @@ class T5Config(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"  # "none" | "full" | "minimal"
     scan_layers: bool = False
+    attention_implementation: str = "xla"  # "xla" | "chunked" | "cudnn" (models/dot_product_attention.py)
+    attention_block_size: int = 512  # chunked: queries / keys per tile
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
 
     def __post_init__(self):
-        if self.feed_forward not in FEED_FORWARD_TYPES:
-            raise UserError(f"T5Config.feed_forward={self.feed_forward!r}; expected one of {FEED_FORWARD_TYPES}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise UserError(f"T5Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+        self.check_fields(("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers"),
+                          {"feed_forward": FEED_FORWARD_TYPES, "remat_policy": REMAT_POLICIES})
         if self.num_decoder_layers < 0:
             raise UserError(f"T5Config.num_decoder_layers must be >= 0, got {self.num_decoder_layers}")
-        self.check_dtypes()
 
     @property
     def scales_decoder_outputs(self) -> bool:
@@ -113,7 +102,7 @@ class EncoderLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_bias: AttentionBias) -> jax.Array:
         cfg = self.config
         dropout = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)  # noqa: E731
         h = _norm(cfg, "pre_attention_layer_norm")(x)
@@ -133,7 +122,8 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, encoded: jax.Array, self_attention_bias: jax.Array, cross_attention_bias: jax.Array
+        self, x: jax.Array, encoded: jax.Array, self_attention_bias: AttentionBias,
+        cross_attention_bias: AttentionBias
     ) -> jax.Array:
         cfg = self.config
         dropout = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)  # noqa: E731
@@ -155,7 +145,8 @@ def _norm(cfg: T5Config, name: str) -> RmsNorm:
 
 def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
     return MultiHeadAttention(
-        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.compute_dtype, cfg.parameter_dtype, name=name
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.compute_dtype, cfg.parameter_dtype,
+        implementation=cfg.attention_implementation, block_size=cfg.attention_block_size, name=name
     )
 
 
@@ -200,11 +191,9 @@ class Encoder(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         valid = segment_or_token_validity(tokens, segment_ids, cfg.pad_id)
-        mask = make_attention_mask(valid, valid)
-        if segment_ids is not None:
-            mask = combine_masks(mask, make_attention_mask(segment_ids, segment_ids, jnp.equal))
         pos = _positions(tokens, positions)
-        bias = _relative_bias(cfg, bidirectional=True)(pos, pos) + mask_to_bias(mask)
+        bias = _relative_bias(cfg, bidirectional=True)(
+            pos, pos, query_valid=valid, key_valid=valid, query_segments=segment_ids, key_segments=segment_ids)
 
         x = self.token_embedder(tokens)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -246,21 +235,16 @@ class Decoder(nn.Module):
         else:
             decoder_valid = None  # causal masking alone suffices for right padding
 
-        length = decoder_input_tokens.shape[1]
-        self_mask = make_causal_mask(length)
-        cross_mask = make_attention_mask(jnp.ones_like(decoder_input_tokens, bool), encoder_valid)
-        if decoder_valid is not None:
-            self_mask = combine_masks(self_mask, make_attention_mask(decoder_valid, decoder_valid))
-            cross_mask = combine_masks(cross_mask, make_attention_mask(decoder_valid, encoder_valid))
-        if decoder_segment_ids is not None:
-            self_mask = combine_masks(self_mask, make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal))
-            if encoder_segment_ids is not None:
-                cross_mask = combine_masks(
-                    cross_mask, make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal)
-                )
+        # Cross attention: no position bias in T5; segments only when both sides are packed.
+        cross_segments = decoder_segment_ids is not None and encoder_segment_ids is not None
         pos = _positions(decoder_input_tokens, decoder_positions)
-        self_bias = _relative_bias(cfg, bidirectional=False)(pos, pos) + mask_to_bias(self_mask)
-        cross_bias = mask_to_bias(cross_mask)  # cross attention has no position bias in T5
+        self_bias = _relative_bias(cfg, bidirectional=False)(
+            pos, pos, query_valid=decoder_valid, key_valid=decoder_valid, query_segments=decoder_segment_ids,
+            key_segments=decoder_segment_ids, causal=True)
+        cross_bias = AttentionBias.create(
+            decoder_input_tokens.shape[1], encoded.shape[1], query_valid=decoder_valid, key_valid=encoder_valid,
+            query_segments=decoder_segment_ids if cross_segments else None,
+            key_segments=encoder_segment_ids if cross_segments else None)
 
         x = self.token_embedder(decoder_input_tokens)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)

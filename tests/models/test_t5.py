@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from prottrans_jax.convert.t5 import config_from_hf, hf_to_flax
-from prottrans_jax.models.attention import relative_position_bucket
+from prottrans_jax.models.attention_bias import relative_position_bucket
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.layers import count_params
 from prottrans_jax.models.t5 import T5, T5Config, abstract_variables, shift_right
