@@ -18,9 +18,10 @@ rewritten after each, so a run killed at its limit keeps what it measured):
   attention, beside Hugging Face `T5ForConditionalGeneration` (bf16 autocast) on the same
   device and batch (benchmarks/train_throughput.py's two steps).
 - embed: ProtT5-XL-shaped encoder over real proteins (a fixed sample of the bundled UniProtKB
-  FASTA, long tail included) through `inference.embed_sequences`: residues/s and fraction of
-  peak FLOP/s (useful FLOPs, real tokens), beside HF `T5EncoderModel` in float16 with
-  prott5_embedder.py's batching (benchmarks/embed_throughput.py's loop).
+  FASTA, long tail included) through `inference.embed_sequences` with `embed`'s default
+  attention ("auto": cudnn on a GPU in bf16 up to max_length, chunked above): residues/s and
+  fraction of peak FLOP/s (useful FLOPs, real tokens), beside HF `T5EncoderModel` in float16
+  with prott5_embedder.py's batching (benchmarks/embed_throughput.py's loop).
 - bert_train: ProtBert (gin/models/bert/prot_bert.gin) train step, 512 tokens: MFU.
 
 Weights are random (speed only), dropout is off on both sides. Compilation is timed apart
@@ -65,6 +66,7 @@ from prottrans_jax.errors import first_line  # noqa: E402  (imports nothing but 
 
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
 ATTENTION = ("xla", "cudnn", "chunked")
+ATTENTION_SUMMARY = ("attention", "attention_short", "attention_long")  # what embed_sequences used
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 # Sizes; `estimate_s` is a guess of each measurement's wall time on an H100/H200, for the budget.
@@ -79,11 +81,12 @@ FULL = {
     "budget_s": 440,
 }
 SMOKE = {  # tiny gin configs cut to one layer: the smoke run checks code paths, and compiling dominates it
-    "t5_train": dict(gin="gin/models/t5/tiny.gin", overrides=dict(num_encoder_layers=1, num_decoder_layers=1),
-                     batch=2, inputs_length=32, targets_length=32, rounds=2, steps=2, estimate_s=10, hf_estimate_s=5),
+    "t5_train": dict(gin="gin/models/t5/tiny.gin",  # 16-token tiles: chunked really tiles its 32 tokens
+                     overrides=dict(num_encoder_layers=1, num_decoder_layers=1, attention_block_size=16), batch=2,
+                     inputs_length=32, targets_length=32, rounds=2, steps=2, estimate_s=10, hf_estimate_s=5),
     "embed": dict(gin="gin/models/t5/tiny.gin", overrides=dict(num_encoder_layers=1), proteins=6, max_residues=31,
                   repeats=2, estimate_s=10, hf_estimate_s=5),
-    "long_protein": dict(residues=2048, attention="chunked", estimate_s=10),
+    "long_protein": dict(residues=2048, attention="chunked", estimate_s=10),  # 512-token tiles (the default)
     "bert_train": dict(gin="gin/models/bert/tiny.gin", overrides=dict(num_layers=1), batch=2, length=32, rounds=2,
                        steps=2, estimate_s=10),
     "matmul": dict(n=256, repeats=3, estimate_s=5),
@@ -318,12 +321,13 @@ def sample_proteins(spec: dict) -> list:
     return [Protein(i, normalize_sequence(s)) for i, s in pool]
 
 
-def embed_pass(model: Any, proteins: list) -> tuple[float, dict]:
+def embed_pass(model: Any, proteins: list, attention: str) -> tuple[float, dict]:
+    """One `embed_sequences` pass (`attention`: its choice, "auto" as `embed` runs by default)."""
     from prottrans_jax.inference import embed_sequences
 
     summary: dict = {}
     start = time.perf_counter()
-    for _ in embed_sequences(model, proteins, summary=summary):
+    for _ in embed_sequences(model, proteins, summary=summary, attention=attention):
         pass
     return time.perf_counter() - start, summary
 
@@ -333,17 +337,17 @@ def embed_ours(encoders: Encoders, spec: dict, proteins: list, peak: float | Non
 
     from prottrans_jax.inference import inference_devices
 
-    model = encoders.model("xla")
+    model = encoders.model("xla")  # "auto" below picks per batch, as `embed` does
     lengths = [len(p.sequence) for p in proteins]
-    cold, summary = embed_pass(model, proteins)
+    cold, summary = embed_pass(model, proteins, "auto")
     if summary["embedded"] != len(proteins):
         raise RuntimeError(f"embedded {summary['embedded']} of {len(proteins)} proteins "
                            f"(out of memory: {summary['out_of_memory_ids'][:3]})")
-    warm = [embed_pass(model, proteins)[0] for _ in range(spec["repeats"])]
+    warm = [embed_pass(model, proteins, "auto")[0] for _ in range(spec["repeats"])]
     median = statistics.median(warm)
     flops = encoder_flops("t5", encoders.hf_shape(), lengths)
     devices = len(inference_devices())  # embedding is data parallel over every local device
-    return {"model": encoders.describe(), "attention": attention_fields(model.encoder.config) or "xla",
+    return {"model": encoders.describe(), "attention": {k: summary[k] for k in ATTENTION_SUMMARY},
             "fasta": str(SAMPLE.relative_to(REPO)), "proteins": len(proteins), "residues": sum(lengths),
             "length_median": int(statistics.median(lengths)), "length_max": max(lengths),
             "batches": summary["batches"], "static_shapes": summary["static_shapes"],
@@ -399,12 +403,12 @@ def long_protein(encoders: Encoders, spec: dict) -> dict:
     model = encoders.model(spec["attention"])
     device = jax.local_devices()[0]
     stats_before = device.memory_stats()
-    cold, summary = embed_pass(model, [protein])
+    cold, summary = embed_pass(model, [protein], spec["attention"])
     if summary["embedded"] != 1:
         raise RuntimeError(f"not embedded (out of memory: {summary['out_of_memory_ids']})")
-    warm, _ = embed_pass(model, [protein])
+    warm, _ = embed_pass(model, [protein], spec["attention"])
     stats = device.memory_stats()
-    result = {"model": encoders.describe(), "attention": attention_fields(model.encoder.config) or "xla",
+    result = {"model": encoders.describe(), "attention": {k: summary[k] for k in ATTENTION_SUMMARY},
               "residues": spec["residues"], "sequence": "random residues (seed 0)",
               "processed_alone": summary["long_processed_alone"] == 1,
               "cold_seconds": round(cold, 3), "warm_seconds": round(warm, 3),
