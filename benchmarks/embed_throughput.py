@@ -137,6 +137,19 @@ def hf_route(family: str, model_dir: str, proteins: list[tuple[str, str]], outpu
         first = 1  # [CLS], residues, [SEP]
     if half:
         model = model.half()
+    results = hf_embed(model, tokenizer, proteins, first, device)
+    with h5py.File(output, "w") as f:
+        for protein_id, array in results.items():
+            f.create_dataset(protein_id.replace("/", "_"), data=array)
+    return time.perf_counter() - start
+
+
+def hf_embed(model, tokenizer, proteins: list[tuple[str, str]], first: int, device) -> dict[str, np.ndarray]:
+    """prott5_embedder.py's batching: sorted longest first, <= 100 proteins and < 4000 residues
+    per batch, longer than 1000 alone; per-residue states copied to host. `first`: how many
+    framing ids precede the residues."""
+    import torch
+
     ordered = sorted(proteins, key=lambda p: len(p[1]), reverse=True)
     results, batch = {}, []
     for index, (protein_id, sequence) in enumerate(ordered, start=1):
@@ -151,15 +164,13 @@ def hf_route(family: str, model_dir: str, proteins: list[tuple[str, str]], outpu
                 hidden = model(encoding.input_ids.to(device), attention_mask=encoding.attention_mask.to(device))
             for row, protein_id_ in enumerate(ids):
                 results[protein_id_] = hidden.last_hidden_state[row, first:first + lengths[row]].float().cpu().numpy()
-    with h5py.File(output, "w") as f:
-        for protein_id, array in results.items():
-            f.create_dataset(protein_id.replace("/", "_"), data=array)
-    return time.perf_counter() - start
+    return results
 
 
-def encoder_flops(family: str, shape: str, lengths: list[int]) -> float:
-    """Useful forward FLOPs: matmuls (2 x params per token) and attention over real tokens."""
-    s = SHAPES[family][shape]
+def encoder_flops(family: str, shape: str | dict, lengths: list[int]) -> float:
+    """Useful forward FLOPs: matmuls (2 x params per token) and attention over real tokens.
+    `shape`: a name of SHAPES[family] or such a dict of Hugging Face config fields."""
+    s = SHAPES[family][shape] if isinstance(shape, str) else shape
     if family == "t5":
         d, inner, ff, layers, special = s["d_model"], s["num_heads"] * s["d_kv"], s["d_ff"], s["num_layers"], 1
     else:
