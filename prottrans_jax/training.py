@@ -204,18 +204,23 @@ def train(*,
                                                  trainer.checkpoint_shardings["params"])
     opt_bytes = partitioning.per_device_memory(trainer.abstract["opt_state"],
                                                trainer.checkpoint_shardings["opt_state"])
+    # A model's carry (ProtTXL's memory: rows x layers x mem_len x d) is state too.
+    carry_bytes = (partitioning.per_device_memory(trainer.abstract_carry, trainer.carry_shardings)
+                   if trainer.init_carry else 0)
     gib = 2 ** 30
     _log(f"model: {model.family}, {num_params:,} parameters; mesh {dict(partitioner.mesh.shape)}; "
          f"per device: params {param_bytes / gib:.3f} GiB + optimizer {opt_bytes / gib:.3f} GiB "
-         f"(activations not included)")
-    if hbm_budget_gib is not None and (param_bytes + opt_bytes) > hbm_budget_gib * gib:
-        raise UserError(f"parameters + optimizer state need {(param_bytes + opt_bytes) / gib:.2f} "
+         + (f"+ carried memory {carry_bytes / gib:.3f} GiB " if carry_bytes else "")
+         + "(activations not included)")
+    state_bytes = param_bytes + opt_bytes + carry_bytes
+    if hbm_budget_gib is not None and state_bytes > hbm_budget_gib * gib:
+        what = "parameters + optimizer state" + (" + carried memory" if carry_bytes else "")
+        raise UserError(f"{what} need {state_bytes / gib:.2f} "
                           f"GiB per device, over the {hbm_budget_gib} GiB budget: use more devices "
                           "or a sharding rule set that splits more (gin/partitioning/)")
     if dry_run:
         _log(table)
-        return {"dry_run": True, "num_params": num_params,
-                "bytes_per_device": param_bytes + opt_bytes}
+        return {"dry_run": True, "num_params": num_params, "bytes_per_device": state_bytes}
 
     model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):

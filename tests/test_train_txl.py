@@ -212,3 +212,14 @@ def test_prot_txl_has_no_hugging_face_export_nor_import(straight_txl, tmp_path, 
                        "--hf_model", str(hf_dir)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "model_type 'transfo-xl' is not a family this project reads" in err[0]
+
+
+def test_the_paper_recipe_dry_runs_with_its_carried_memory(corpus, tmp_path, capsys):
+    """gin/experiments/prot_txl_bfd.gin at its size (no weights allocated): 562M parameters,
+    and the memory of 44,928 rows x 32 layers x 512 x 1024 in bfloat16 counted as state."""
+    code, result = train_lib.run(["--gin_file=gin/experiments/prot_txl_bfd.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+                                  "--gin.MIXTURE_OR_TASK_NAME='short_causal_lm'", "--gin.train.dry_run=True",
+                                  *ONE_DEVICE])
+    assert code == 0 and result["num_params"] == 562_479_136
+    carry = 44_928 * 32 * 512 * 1024 * 2 + 44_928 * 512  # memory (bfloat16) + validity flags
+    assert result["bytes_per_device"] >= carry and "+ carried memory 1404" in capsys.readouterr().out

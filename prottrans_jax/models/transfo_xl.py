@@ -243,7 +243,8 @@ class TransfoXLEncoder:
     mem_len) per layer at a time), the memory (num_layers x mem_len x d) and the output
     (length x d): O(length) in all, never O(length^2). While mem_len covers the preceding
     context this equals one causal pass; beyond it each segment sees the last mem_len
-    positions of every layer, which is what the model was trained on.
+    positions of every layer, which is what the model was trained on. (A model with mem_len 0
+    has no memory to carry: it reads a protein in one causal pass, O(length^2).)
     """
 
     config: TransfoXLConfig
