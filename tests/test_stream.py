@@ -32,8 +32,8 @@ def protein(index, length):
 def row_streams(batches):
     """Each row's stream, rebuilt from its inputs and the last segment's last target."""
     rows = batches[0]["decoder_input_tokens"].shape[0]
-    return [np.concatenate([b["decoder_input_tokens"][r] for b in batches] + [batches[-1]["decoder_target_tokens"][r, -1:]])
-            for r in range(rows)]
+    return [np.concatenate([b["decoder_input_tokens"][r] for b in batches]
+                           + [batches[-1]["decoder_target_tokens"][r, -1:]]) for r in range(rows)]
 
 
 def proteins_of(tokens):
