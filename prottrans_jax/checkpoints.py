@@ -4,7 +4,10 @@ A checkpoint step directory holds two items:
     state           {"step", "params", "opt_state"} (StandardSave): restored straight into the
                     target shardings, so each host reads only its own shards;
     input_position  a JSON dict, e.g. {"batches_consumed": 1200, "seed": 0}: what the input
-                    pipeline needs to produce the same next batches after a restart.
+                    pipeline needs to produce the same next batches after a restart;
+    carry           only for a model that carries state across steps (ProtTXL's memory,
+                    models/base.py): that state, sharded along the batch like the rows it
+                    belongs to; a resume within a phase restores it (`restore_carry`).
 
 Every process of a multi-host job must call the saving and restoring methods (orbax
 coordinates the hosts). Paths may be local or gs://; everything goes through etils.epath.
@@ -30,6 +33,7 @@ from prottrans_jax.partitioning import path_to_name
 
 STATE = "state"
 INPUT_POSITION = "input_position"
+CARRY = "carry"
 
 
 class CheckpointMismatchError(UserError):
@@ -80,7 +84,8 @@ class Checkpointer:
             self.directory,
             options=options,
             item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                           INPUT_POSITION: ocp.JsonCheckpointHandler()},
+                           INPUT_POSITION: ocp.JsonCheckpointHandler(),
+                           CARRY: ocp.StandardCheckpointHandler()},
         )
 
     def __enter__(self) -> "Checkpointer":
@@ -99,24 +104,25 @@ class Checkpointer:
         return self.directory / str(step)
 
     def _save(self, step: int, state: Any, input_position: Mapping[str, Any],
-              force: bool) -> bool:
+              force: bool, carry: Any = None) -> bool:
         try:
             json.dumps(dict(input_position))
         except (TypeError, ValueError) as error:
             raise TypeError(f"input_position must be a JSON-serialisable dict: {error}") from None
-        args = ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state),
-            INPUT_POSITION: ocp.args.JsonSave(dict(input_position)),
-        })
-        return self._manager.save(int(step), args=args, force=force)
+        items = {STATE: ocp.args.StandardSave(state),
+                 INPUT_POSITION: ocp.args.JsonSave(dict(input_position))}
+        if carry is not None:
+            items[CARRY] = ocp.args.StandardSave(carry)
+        return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
-    def maybe_save(self, step: int, state: Any, input_position: Mapping[str, Any]) -> bool:
+    def maybe_save(self, step: int, state: Any, input_position: Mapping[str, Any],
+                   carry: Any = None) -> bool:
         """Saves if `step` is a multiple of save_interval_steps (or a preemption sync point
         was reached on a multi-host TPU job); returns whether a save started."""
-        return self._save(step, state, input_position, force=False)
+        return self._save(step, state, input_position, force=False, carry=carry)
 
     def save_now(self, step: int, state: Any, input_position: Mapping[str, Any],
-                 wait: bool = True) -> bool:
+                 wait: bool = True, carry: Any = None) -> bool:
         """Saves regardless of the interval: final step, SIGTERM, last good state before NaN.
 
         A step that is already saved is left as it is. With `wait` (the default) the write
@@ -124,7 +130,7 @@ class Checkpointer:
         """
         saved = False
         if step not in self._manager.all_steps():
-            saved = self._save(step, state, input_position, force=True)
+            saved = self._save(step, state, input_position, force=True, carry=carry)
         if wait:
             self.wait_until_finished()
         return saved
@@ -196,6 +202,18 @@ class Checkpointer:
         if input_position is None:
             raise self.corrupt_error(step, f"no '{INPUT_POSITION}'")
         return restored[STATE], dict(input_position)
+
+    def restore_carry(self, abstract_carry: Any, step: int) -> Any:
+        """The carry saved at `step`, into the shardings of `abstract_carry` (a tree of
+        `jax.ShapeDtypeStruct(..., sharding=...)`, `Trainer.abstract_carry`)."""
+        self.wait_until_finished()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                **{CARRY: ocp.args.StandardRestore(abstract_carry)}))
+        except Exception as error:  # orbax raises many types; a missing item among them
+            raise self.corrupt_error(step, f"its '{CARRY}' (the model's memory) does not restore: "
+                                           f"{_describe(error)}") from error
+        return restored[CARRY]
 
     def corrupt_error(self, step: int, cause: str) -> CheckpointCorruptError:
         """The error for an unreadable step, with the way to go on: from the latest finished

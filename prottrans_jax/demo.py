@@ -84,18 +84,20 @@ def report(result: dict, baseline: FrequencyBaseline, minutes: float) -> str:
     count = last["masked_accuracy_count"]
     low, high = wilson_interval(last["masked_accuracy"], count)
     verdict = "above" if low > baseline.accuracy else "not distinguishable from"
+    # What the model's "masked" positions are (ProtTXL: every next residue of the stream).
+    label = getattr(result["model"], "masked_label", "masked-token")
     lines = [
         f"\n=== tiny {result['model'].family} on {result['task']} (validation split) ===",
-        f"masked tokens: {int(count)} hidden positions",
-        f"masked-token accuracy  step {first['step']}: {first['masked_accuracy']:.1%}   "
+        f"{label} positions: {int(count)}",
+        f"{label + ' accuracy':<22} step {first['step']}: {first['masked_accuracy']:.1%}   "
         f"step {last['step']}: {last['masked_accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})",
-        f"masked-token loss      step {first['step']}: {first['masked_loss']:.3f}   "
+        f"{label + ' loss':<22} step {first['step']}: {first['masked_loss']:.3f}   "
         f"step {last['step']}: {last['masked_loss']:.3f} nats",
         f"frequency baseline: always '{baseline.residue}' {baseline.accuracy:.1%}; "
         f"training-split frequencies {baseline.cross_entropy:.3f} nats",
         f"target-token accuracy (every scored target) step {last['step']}: "
         f"{last['accuracy']:.1%}; wall time {minutes:.1f} min",
-        f"masked-token accuracy is {verdict} the frequency baseline at 95% confidence.",
+        f"{label} accuracy is {verdict} the frequency baseline at 95% confidence.",
     ]
     return "\n".join(lines + _model_baselines(result["model"], first, last))
 

@@ -75,7 +75,10 @@ class Family:
     hf_model_types: tuple[str, ...]  # config.json `model_type` values this family reads
     pretrain_model: Callable[[Any], Any]  # config -> PretrainModel (default loss settings)
     encoder: type  # the Encoder class: Encoder(config, part); see `make_encoder`
-    converter_module: str  # e.g. "prottrans_jax.convert.bert", imported when needed
+    # e.g. "prottrans_jax.convert.bert", imported when needed; None: the family has no Hugging
+    # Face form (ProtTXL: no released weights, no transformers 5 class), so export_hf and
+    # --hf_model refuse it with one line.
+    converter_module: str | None
     default_vocabulary: Callable[[], ProteinVocabulary]
     # The released model evaluation sets a run beside (downstream/report.py): one name, or
     # one per encoder part.
@@ -86,7 +89,21 @@ class Family:
 
     @property
     def converter(self):
+        if self.converter_module is None:
+            raise UserError(f"the {self.name} family has no Hugging Face form (no released weights and "
+                            "no transformers class to load them): export_hf and --hf_model do not apply; "
+                            "use its MODEL_DIR (embed --model_dir)")
         return importlib.import_module(self.converter_module)
+
+    def vocabulary_from_pieces(self, pieces: list[str], where: str) -> ProteinVocabulary:
+        """The vocabulary of a stored id table (model.json): the converter's reading, or for a
+        family without one its own table, which the pieces must be."""
+        if self.converter_module is not None:
+            return self.converter.vocabulary_from_pieces(pieces, where)
+        vocabulary = self.default_vocabulary()
+        if list(pieces) != list(vocabulary.pieces):
+            raise UserError(f"{where}: the vocabulary is not {self.name}'s table {vocabulary.name!r}")
+        return vocabulary
 
     def encoder_part(self, part: str | None = None) -> str:
         """`part` if the family embeds with it (default: its first), else a one-line error."""

@@ -87,7 +87,7 @@ def read_model(model_dir: str, **overrides: Any) -> StoredModel:
         except (TypeError, ValueError) as err:
             raise UserError(f"{directory / MODEL_JSON}: {first_line(err)}") from None
         pieces = data.get("vocabulary")
-        vocabulary = (family.converter.vocabulary_from_pieces(pieces, str(directory / MODEL_JSON))
+        vocabulary = (family.vocabulary_from_pieces(pieces, str(directory / MODEL_JSON))
                       if pieces else family.default_vocabulary())
         return StoredModel(family, config, vocabulary)
     for name in CONFIG_GIN_NAMES:

@@ -219,10 +219,15 @@ def _weight_sum(aux: Any) -> jax.Array:
     return aux["weight_sum"]
 
 
+def _merge_microbatches(x: jax.Array) -> jax.Array:
+    """The inverse of `_split_microbatches`: (n, batch // n, ...) -> (batch, ...)."""
+    return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
 def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, batch: Any,
                          num_microbatches: int, rng: jax.Array,
-                         denominator: Callable[[Any], jax.Array] = _weight_sum
-                         ) -> tuple[jax.Array, Any, Any]:
+                         denominator: Callable[[Any], jax.Array] = _weight_sum,
+                         carry: Any = None) -> tuple:
     """Full-batch loss and gradients computed over microbatches, for use inside jit.
 
     `loss_and_grad_fn(params, microbatch, rng)` returns `((loss_sum, aux), grads)`: the *sum*
@@ -234,29 +239,47 @@ def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, batch: Any,
 
     Returns `(loss, aux_sums, grads)` with loss and grads divided by the total denominator.
     Microbatch i uses `jax.random.fold_in(rng, i)`.
+
+    With a `carry` (state carried across steps, every leaf with the batch first:
+    models/base.py), `loss_and_grad_fn(params, microbatch, rng, carry)` returns
+    `((loss_sum, (aux, new_carry)), grads)`; each microbatch gets its own rows' carry (split
+    like the batch) and the result is `(loss, aux_sums, grads, new_carry)` with the rows back
+    in the batch's order.
     """
     if num_microbatches < 1:
         raise UserError(f"num_microbatches must be >= 1, got {num_microbatches}")
+    carried = carry is not None
+    call = ((lambda p, b, r, c: loss_and_grad_fn(p, b, r, c)) if carried else
+            (lambda p, b, r, c: _with_no_carry(loss_and_grad_fn(p, b, r))))
     if num_microbatches == 1:
-        (loss_sum, aux), grads = loss_and_grad_fn(params, batch, jax.random.fold_in(rng, 0))
+        (loss_sum, (aux, new_carry)), grads = call(params, batch, jax.random.fold_in(rng, 0), carry)
     else:
-        microbatches = jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), batch)
-        first = jax.tree.map(lambda x: x[0], microbatches)
-        (_, aux_shape), _ = jax.eval_shape(loss_and_grad_fn, params, first, rng)
+        split = lambda tree: jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), tree)  # noqa: E731
+        microbatches, micro_carries = split(batch), split(carry)
+        first_batch, first_carry = jax.tree.map(lambda x: x[0], (microbatches, micro_carries))
+        (_, (aux_shape, _)), _ = jax.eval_shape(call, params, first_batch, rng, first_carry)
         zeros = (jnp.zeros((), jnp.float32),
                  jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
                  jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
 
         def add_microbatch(sums, inputs):
-            index, microbatch = inputs
-            (loss_sum, aux), grads = loss_and_grad_fn(
-                params, microbatch, jax.random.fold_in(rng, index))
+            index, microbatch, micro_carry = inputs
+            (loss_sum, (aux, new_carry)), grads = call(
+                params, microbatch, jax.random.fold_in(rng, index), micro_carry)
             new = (loss_sum.astype(jnp.float32), aux, grads)
             return jax.tree.map(lambda total, value: total + value.astype(total.dtype),
-                                sums, new), None
+                                sums, new), new_carry
 
-        (loss_sum, aux, grads), _ = jax.lax.scan(
-            add_microbatch, zeros, (jnp.arange(num_microbatches), microbatches))
+        (loss_sum, aux, grads), new_carries = jax.lax.scan(
+            add_microbatch, zeros, (jnp.arange(num_microbatches), microbatches, micro_carries))
+        new_carry = jax.tree.map(_merge_microbatches, new_carries)
     total = jnp.maximum(jnp.asarray(denominator(aux), jnp.float32), jnp.finfo(jnp.float32).tiny)
     grads = jax.tree.map(lambda g: (g / total).astype(g.dtype), grads)
+    if carried:
+        return loss_sum / total, aux, grads, new_carry
     return loss_sum / total, aux, grads
+
+
+def _with_no_carry(result):
+    (loss_sum, aux), grads = result
+    return (loss_sum, (aux, None)), grads

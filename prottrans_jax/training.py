@@ -195,7 +195,7 @@ def train(*,
                                  _data_seed(seed, phase), shard_info, pack,
                                  model.feature_converter_cls)
     trainer = Trainer(model, optimizer.transform, partitioner, num_microbatches, seed,
-                      max_steps_in_flight)
+                      max_steps_in_flight, batch_size=batch_size)
     with partitioner.context():
         boxed = jax.eval_shape(model.init_params, jax.random.key(seed))
     table = partitioning.sharding_table(boxed, trainer.checkpoint_shardings["params"])
@@ -204,18 +204,23 @@ def train(*,
                                                  trainer.checkpoint_shardings["params"])
     opt_bytes = partitioning.per_device_memory(trainer.abstract["opt_state"],
                                                trainer.checkpoint_shardings["opt_state"])
+    # A model's carry (ProtTXL's memory: rows x layers x mem_len x d) is state too.
+    carry_bytes = (partitioning.per_device_memory(trainer.abstract_carry, trainer.carry_shardings)
+                   if trainer.init_carry else 0)
     gib = 2 ** 30
     _log(f"model: {model.family}, {num_params:,} parameters; mesh {dict(partitioner.mesh.shape)}; "
          f"per device: params {param_bytes / gib:.3f} GiB + optimizer {opt_bytes / gib:.3f} GiB "
-         f"(activations not included)")
-    if hbm_budget_gib is not None and (param_bytes + opt_bytes) > hbm_budget_gib * gib:
-        raise UserError(f"parameters + optimizer state need {(param_bytes + opt_bytes) / gib:.2f} "
+         + (f"+ carried memory {carry_bytes / gib:.3f} GiB " if carry_bytes else "")
+         + "(activations not included)")
+    state_bytes = param_bytes + opt_bytes + carry_bytes
+    if hbm_budget_gib is not None and state_bytes > hbm_budget_gib * gib:
+        what = "parameters + optimizer state" + (" + carried memory" if carry_bytes else "")
+        raise UserError(f"{what} need {state_bytes / gib:.2f} "
                           f"GiB per device, over the {hbm_budget_gib} GiB budget: use more devices "
                           "or a sharding rule set that splits more (gin/partitioning/)")
     if dry_run:
         _log(table)
-        return {"dry_run": True, "num_params": num_params,
-                "bytes_per_device": param_bytes + opt_bytes}
+        return {"dry_run": True, "num_params": num_params, "bytes_per_device": state_bytes}
 
     model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
@@ -317,14 +322,16 @@ def _restore_or_init(trainer: Trainer, checkpointer: checkpoints.Checkpointer, r
                           f"says train.phase = {run.phase}")
     if init_from_hf:
         _log(f"resuming from step {step}: train.init_from_hf is not read again")
-    if run.phase > stored_phase:
+    if run.phase > stored_phase:  # a model's carry (memory) belongs to the old rows: it starts empty
         _log(f"phase {run.phase} starts at step {step} (phase {stored_phase} ended there): "
              f"batch size {run.batch_size}, lengths {run.feature_lengths}")
         return trainer.with_halted(state), 0, int(step), False
     run.check_resumable(position, step)
     consumed = int(position["batches_consumed"])
     _log(f"resuming from step {step} ({consumed} batches consumed)")
-    return trainer.with_halted(state), consumed, int(position.get("phase_start_step", 0)), False
+    # The carry (ProtTXL's memory) is restored with the input position: the same rows continue.
+    carry = checkpointer.restore_carry(trainer.abstract_carry, step) if trainer.init_carry else None
+    return trainer.with_halted(state, carry), consumed, int(position.get("phase_start_step", 0)), False
 
 
 def released_params(directory: str, model, vocabulary) -> Any:
@@ -415,7 +422,8 @@ def _train_loop(*, trainer: Trainer, checkpointer: checkpoints.Checkpointer, mod
             if step % checkpoint_interval == 0 and trainer.halted(state):
                 outcome["halted"] = True
                 break
-            checkpointer.maybe_save(step, trainer.checkpointed(state), run.position(step))
+            checkpointer.maybe_save(step, trainer.checkpointed(state), run.position(step),
+                                    carry=trainer.carry_of(state))
             if eval_interval and step % eval_interval == 0 and step < train_steps:
                 evaluate(step)
             if watcher.should_stop(step):
@@ -424,18 +432,21 @@ def _train_loop(*, trainer: Trainer, checkpointer: checkpoints.Checkpointer, mod
 
         if outcome["halted"]:
             good = int(jax.device_get(state["step"]))
-            checkpointer.save_now(good, trainer.checkpointed(state), run.position(good))
+            checkpointer.save_now(good, trainer.checkpointed(state), run.position(good),
+                                  carry=trainer.carry_of(state))
             message = (f"non-finite loss or gradient at step {good + 1}: training stopped; the "
                        f"last good state (step {good}) is saved in {run.model_dir}")
             _log(f"error: {message}")
             return {**outcome, "step": good, "eval": history, "message": message,
-                    "state": trainer.checkpointed(state)}
-        checkpointer.save_now(step, trainer.checkpointed(state), run.position(step))
+                    "state": trainer.checkpointed(state), "carry": trainer.carry_of(state)}
+        checkpointer.save_now(step, trainer.checkpointed(state), run.position(step),
+                              carry=trainer.carry_of(state))
         if outcome["preempted"]:
             _log(f"stop requested: checkpoint saved at step {step}; restart to resume")
         elif eval_interval:
             evaluate(step)
     return {**outcome, "step": step, "eval": history, "state": trainer.checkpointed(state),
+            "carry": trainer.carry_of(state),
             "feature_lengths": run.feature_lengths, "host_batch": host_batch, "model": model,
             "task": run.task_name}
 

@@ -28,6 +28,8 @@ Sources (public):
   the ALBERT README's spm recipe (`--pad_id=0 --unk_id=1 --control_symbols=[CLS],[SEP],[MASK]`:
   <pad> <unk> [CLS] [SEP] [MASK] at 0..4), then one "▁"-prefixed piece per residue in
   ProtBert's order, then four reserved control pieces that fill the table to 34.
+- ProtTXL: no vocabulary was released (nor weights); `prot_txl_vocabulary` is the project's
+  choice for training from scratch, UNVERIFIED against the paper's.
 
 Input text is residues separated by single spaces ("M K T A"), as ProtTrans feeds its
 tokenizers. Lower case is accepted; the rare residues U, Z, O, B are encoded as X, as
@@ -72,6 +74,9 @@ PROT_BERT_RESIDUE_ORDER = "LAGVESIKRDTPNQFYMHCWXUBZO"
 # ProtAlbert spiece.model: its size is verified, its order is not (see module docstring).
 PROT_ALBERT_SPECIALS = ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")
 PROT_ALBERT_VOCAB_SIZE = 34
+# ProtTXL: never released; the project's own table (see prot_txl_vocabulary).
+PROT_TXL_SPECIALS = ("<pad>", "<unk>", "<eos>")
+PROT_TXL_VOCAB_SIZE = 32
 
 
 class ProteinVocabulary(seqio.Vocabulary):
@@ -232,6 +237,18 @@ def prot_albert_vocabulary() -> ProteinVocabulary:
     assert len(pieces) == PROT_ALBERT_VOCAB_SIZE
     return ProteinVocabulary("prot_albert", pieces, PROT_BERT_RESIDUE_ORDER, len(PROT_ALBERT_SPECIALS),
                              pad_id=0, eos_id=3, unk_id=1, mask_id=4, bos_id=2)
+
+
+def prot_txl_vocabulary() -> ProteinVocabulary:
+    """The project's 32-id ProtTXL table (no ProtTXL vocabulary was ever released; families-spec
+    6.2: cybertronai's is word-level from corpus counts, `<eos>` per line, padded to a multiple
+    of 8): <pad> <unk> <eos> at 0..2, the residues in ProtBert's order at 3..27, <unused_0..3>.
+    `<eos>` ends each protein in the stream and is the separator the next one follows."""
+    pieces = list(PROT_TXL_SPECIALS) + list(PROT_BERT_RESIDUE_ORDER)
+    pieces += [f"<unused_{n}>" for n in range(PROT_TXL_VOCAB_SIZE - len(pieces))]
+    assert len(pieces) == PROT_TXL_VOCAB_SIZE
+    return ProteinVocabulary("prot_txl", pieces, PROT_BERT_RESIDUE_ORDER, len(PROT_TXL_SPECIALS),
+                             pad_id=0, eos_id=2, unk_id=1)
 
 
 def prot_t5_residue_ids() -> tuple[int, int]:

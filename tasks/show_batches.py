@@ -23,6 +23,10 @@ def describe_batch(task_name: str, batch: dict[str, np.ndarray], max_chars: int 
     """Human-readable batch: per row and packed protein, the decoded inputs and targets."""
     task = get_task(task_name)
     vocabulary = task.output_features["targets"].vocabulary
+    if "encoder_input_tokens" not in batch:  # a causal LM stream (data/stream.py): one row each
+        return "\n".join([f"== {task_name}: {batch['decoder_input_tokens'].shape} rows, each a stream"] + [
+            f"row {row}: " + vocabulary.decode(tokens.tolist()).replace(" ", "")[:max_chars]
+            for row, tokens in enumerate(batch["decoder_input_tokens"])])
     side = "decoder" if "decoder_target_tokens" in batch else "encoder"  # encoder-only models
     inputs_key = "encoder_input_tokens"
     targets_key, target_segments_key = f"{side}_target_tokens", f"{side}_segment_ids"

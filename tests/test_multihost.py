@@ -151,20 +151,28 @@ def two_shard_corpus(tmp_path_factory):
     return root / "corpus"
 
 
-def train_flags(model_dir: Path, train_steps: int) -> list[str]:
-    """Tiny ProtT5 on the sample task; a console line every step, saves only at the end or
+# Tiny ProtT5, or tiny ProtTXL over the stream (each host its own rows, their memory carried).
+FAMILY_FLAGS = {
+    "prot_t5": ["--gin_file=gin/experiments/prot_t5_tiny_sample.gin", "--gin.INPUTS_LENGTH=64",
+                "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"],
+    "prot_txl": ["--gin_file=gin/experiments/prot_txl_tiny_sample.gin", "--gin.INPUTS_LENGTH=32",
+                 "--gin.MIXTURE_OR_TASK_NAME='sample_causal_lm'", "--gin.TransfoXLConfig.mem_len=32",
+                 "--gin.TransfoXLConfig.dropout_prob=0.1"],
+}
+
+
+def train_flags(model_dir: Path, train_steps: int, family: str = "prot_t5") -> list[str]:
+    """A tiny model on the sample task; a console line every step, saves only at the end or
     on SIGTERM."""
-    return ["--gin_file=gin/experiments/prot_t5_tiny_sample.gin",
-            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={train_steps}",
-            "--gin.BATCH_SIZE=8", "--gin.INPUTS_LENGTH=64",
-            "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1",
-            "--gin.train.log_every=1", "--gin.train.eval_interval=None",
+    return [*FAMILY_FLAGS[family], f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={train_steps}",
+            "--gin.BATCH_SIZE=8", "--gin.train.log_every=1", "--gin.train.eval_interval=None",
             "--gin.train.checkpoint_interval=1000"]
 
 
-def read_state(model_dir: Path, step: int) -> dict:
-    """The checkpointed {"step", "params", "opt_state"} of `step`, as numpy arrays."""
-    path = model_dir / str(step) / "state"
+def read_state(model_dir: Path, step: int, item: str = "state") -> dict:
+    """The checkpointed {"step", "params", "opt_state"} of `step` (or another item: "carry"),
+    as numpy arrays."""
+    path = model_dir / str(step) / item
     checkpointer = ocp.PyTreeCheckpointer()
     tree = checkpointer.metadata(path).item_metadata.tree
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -176,7 +184,12 @@ def saved_steps(model_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard_corpus):
+@pytest.mark.parametrize("family", ["prot_t5", pytest.param("prot_txl", marks=pytest.mark.xfail(
+    reason="open: twice on a 2-core machine at load ~11, the restarted ProtTXL job's first step timed out "
+           "creating its 4-device gloo context (process 0: GetKeyValue DEADLINE_EXCEEDED, process 1: connect "
+           "timeout); the straight and stopped jobs pass and the one-process resume is bit-identical "
+           "(tests/test_train_txl.py)", strict=False))])
+def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard_corpus, family):
     # Steps take ~0.2 s: the remaining ones leave seconds for the notice to reach every host
     # (a loaded machine once ran all of a 7-step job before it arrived).
     total = 20
@@ -184,9 +197,9 @@ def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard
     env = {"PROTTRANS_SAMPLE_CORPUS_DIR": str(two_shard_corpus)}
     straight_dir, stopped_dir = tmp_path / "straight", tmp_path / "stopped"
     straight = start_job("train", tmp_path / "straight", env_extra=env,
-                         train_flags=train_flags(straight_dir, total))
+                         train_flags=train_flags(straight_dir, total, family))
     stopped = start_job("train", tmp_path / "stopped", env_extra=env,
-                        train_flags=train_flags(stopped_dir, total))
+                        train_flags=train_flags(stopped_dir, total, family))
     try:
         wait_for_line(stopped, rf"^step {stop_after}/{total} ")
         # A preemption notice reaches one host; JAX's preemption service makes all agree.
@@ -205,7 +218,7 @@ def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard
     assert f"step {total}/{total} " not in stopped_logs[0]
 
     resumed = start_job("train", tmp_path / "resumed", env_extra=env,
-                        train_flags=train_flags(stopped_dir, total))
+                        train_flags=train_flags(stopped_dir, total, family))
     resumed_logs = finish_job(resumed)
     assert f"resuming from step {stopped_at} ({stopped_at} batches consumed)" in resumed_logs[0]
     assert saved_steps(stopped_dir) == [stopped_at, total]
@@ -217,6 +230,11 @@ def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard
     for (path, value), other in zip(jax.tree_util.tree_flatten_with_path(want)[0],
                                     jax.tree.leaves(got)):
         np.testing.assert_array_equal(other, value, err_msg=f"{where}: {path}")
+    if family == "prot_txl":  # and the memory each host's rows carry, restored at the restart
+        want, got = read_state(straight_dir, total, "carry"), read_state(stopped_dir, total, "carry")
+        assert want["valid"].shape == (8, 32) and want["valid"].all()
+        for key in ("memory", "valid"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{where}: carry {key}")
     # The console agrees: the final step's loss is printed identically.
     last_line = rf"^step {total}/{total}  loss (\S+)"
     assert (re.search(last_line, resumed_logs[0], re.MULTILINE).group(1)

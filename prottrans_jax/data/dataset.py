@@ -7,7 +7,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from prottrans_jax.data import registry
+from prottrans_jax.data import registry, stream
 from prottrans_jax.errors import UserError
 
 
@@ -47,10 +47,15 @@ def get_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
     Deterministic for a given seed: crops and masks come from seqio's seeded stateless
     randomness, shuffling from the same seed. `shard_info` gives each host its own part of
     the data (multi-host input). Batches are complete (drop_remainder) so shapes are static.
-    `converter_cls` defaults to the task objective's converter.
+    `converter_cls` defaults to the task objective's converter. A stream converter (causal
+    LM, data/stream.py) lays out its own rows from the whole, untrimmed proteins.
     """
     task = get_task(task_name)
     converter_cls = converter_cls or feature_converter_cls(task)
+    if issubclass(converter_cls, stream.StreamFeatureConverter):
+        proteins = task.get_dataset(sequence_length=None, split=split, shuffle=shuffle, seed=seed,
+                                    num_epochs=num_epochs, shard_info=shard_info, use_cached=False)
+        return converter_cls(pack=pack).batches(proteins, feature_lengths, batch_size)
     dataset = task.get_dataset(sequence_length=dict(feature_lengths), split=split,
                                shuffle=shuffle, seed=seed, num_epochs=num_epochs,
                                shard_info=shard_info, use_cached=False)

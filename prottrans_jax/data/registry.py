@@ -17,12 +17,12 @@ from typing import Callable
 
 import seqio
 
-from prottrans_jax.data import objectives, preprocessors
+from prottrans_jax.data import objectives, preprocessors, stream
 from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter,
                                                    EncoderMLMFeatureConverter)
 from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import (ProteinVocabulary, prot_albert_vocabulary, prot_bert_vocabulary,
-                                 prot_t5_vocabulary)
+                                 prot_t5_vocabulary, prot_txl_vocabulary)
 
 # The masked-positions flag: a pass-through feature whose EOS is NOT_CHOSEN, so seqio's
 # append_eos_after_trim keeps it aligned with the targets.
@@ -156,4 +156,13 @@ register_objective(Objective(
                            objectives.electra_mlm],
     feature_converter_cls=EncoderMLMFeatureConverter,
     feature_lengths=_encoder_lengths,
+))
+register_objective(Objective(  # ProtTXL: next-token prediction over a stream (data/stream.py)
+    name="causal_lm",
+    vocabulary=prot_txl_vocabulary,
+    output_features=lambda: {"targets": seqio.Feature(prot_txl_vocabulary(), add_eos=True),
+                             "targets_masked": _MASKED_FLAG},
+    preprocessors=lambda: [stream.mark_residues, seqio.preprocessors.append_eos],
+    feature_converter_cls=stream.StreamFeatureConverter,
+    feature_lengths=lambda inputs_length, targets_length: {"targets": inputs_length},  # the segment
 ))

@@ -23,6 +23,21 @@ and optionally
                                     evaluation metrics (ELECTRA: always "original"); the demo
                                     prints each beside the metric's interval
 
+A model that carries state from one training step to the next (ProtTXL's memory: the hidden
+states of its rows' previous segments) declares it with
+
+    init_carry(batch_size)          the carry of a fresh run: a tree of arrays, every one with
+                                    the batch (rows) first, boxed with logical axes ("batch",
+                                    ...), or None for no carry
+    loss_and_metrics(params, batch, rng, train, carry) -> (loss_sum, metrics, new_carry)
+
+and the trainer (trainer.py) keeps it in the train state, sharded along "batch", splits it
+with the rows of each microbatch, skips it on a skipped step, saves it beside the state in
+every checkpoint and restores it on resume (a resumed run continues bit for bit); a new phase
+(another batch size) starts it afresh, and so does every evaluation (`init_carry` again, then
+carried over the evaluation's batches in order). The new carry must hold no gradient
+(`stop_gradient`). A model without `init_carry` keeps the 2-tuple and sees no change.
+
 Metrics are pairs of sums, so microbatches, devices and evaluation batches add up exactly
 and the division happens once, on the host (`summarize`). "loss" is required: its `count`
 is the number of target tokens, the denominator of the loss and of the gradients.
@@ -72,6 +87,15 @@ class PretrainModel(Protocol):
     def flops_per_batch(self, batch: Mapping[str, Any]) -> float: ...
 
     def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def init_carry_fn(model: Any):
+    """`model.init_carry` if the model carries state across steps (with mem_len 0, ProtTXL
+    declares none), else None."""
+    init_carry = getattr(model, "init_carry", None)
+    if init_carry is None or jax.eval_shape(lambda: init_carry(1)) is None:
+        return None
+    return init_carry
 
 
 class ComputeDtypes:

@@ -36,16 +36,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from prottrans_jax import families
+from prottrans_jax.data.stream import StreamFeatureConverter
+from prottrans_jax.models.base import Metrics, token_metrics
 from prottrans_jax.models.relative_attention import (RelativeConfig, RelativeStack, TiedLmHead, causal_visibility,
                                                      checked_memory, relative_position_embedding,
                                                      visibility_to_bias, word_embedding)
+from prottrans_jax.vocab import ProteinVocabulary, prot_txl_vocabulary
 
 
 @gin.configurable
@@ -90,9 +95,12 @@ class TransfoXL(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_prob)
 
     def encode(self, tokens: jax.Array, memory: jax.Array | None = None,
-               deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
+               deterministic: bool = True, memory_valid: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array | None]:
         """(hidden states (batch, seg_len, d), new memory (num_layers, batch, mem_len, d) or
-        None when mem_len is 0). `memory` is the previous call's (None: the first segment)."""
+        None when mem_len is 0). `memory` is the previous call's (None: the first segment);
+        `memory_valid` (batch, mlen) bool, if given, hides the memory positions that hold no
+        token yet (a fixed-shape memory that starts empty: the trainer's carry)."""
         cfg = self.config
         batch, qlen = tokens.shape
         memory = checked_memory(cfg, memory, batch)
@@ -103,17 +111,194 @@ class TransfoXL(nn.Module):
         x = nn.with_logical_constraint(self.dropout(x, deterministic=deterministic), ("batch", "length", "embed"))
         pos_emb = relative_position_embedding(qlen, mlen + qlen, cfg.hidden_size, "uni", cfg.clamp_len)
         pos_emb = self.dropout(pos_emb.astype(cfg.compute_dtype), deterministic=deterministic)
-        bias = visibility_to_bias(causal_visibility(qlen, mlen, cfg.same_length))
+        visible = causal_visibility(qlen, mlen, cfg.same_length)
+        if memory_valid is not None:
+            keys = jnp.concatenate([memory_valid.astype(bool), jnp.ones((batch, qlen), bool)], axis=1)
+            visible = jnp.logical_and(visible[None], keys[:, None, :])
+        bias = visibility_to_bias(visible)
         h, _, new_memory = self.stack(x, None, memory, pos_emb, bias, None, None, None, deterministic)
         return self.dropout(h, deterministic=deterministic), new_memory
 
     def __call__(self, tokens: jax.Array, memory: jax.Array | None = None,
-                 deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
+                 deterministic: bool = True, memory_valid: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array | None]:
         """(next-token logits (batch, seg_len, vocab) float32, new memory or None)."""
-        hidden, new_memory = self.encode(tokens, memory, deterministic)
+        hidden, new_memory = self.encode(tokens, memory, deterministic, memory_valid)
         return self.lm_head(hidden), new_memory
 
 
 def init_params(config: TransfoXLConfig, rng: jax.Array) -> Any:
     """Boxed parameters (logical axis names attached)."""
     return TransfoXL(config).init({"params": rng}, jnp.ones((1, 4), jnp.int32))["params"]
+
+
+def next_memory_valid(memory_valid: jax.Array, qlen: int) -> jax.Array:
+    """Which positions of the next memory hold tokens: the last mem_len of valid ++ segment."""
+    mem_len = memory_valid.shape[1]
+    grown = jnp.concatenate([memory_valid, jnp.ones((memory_valid.shape[0], qlen), bool)], axis=1)
+    return grown[:, grown.shape[1] - mem_len:]
+
+
+# -------------------------------------------------------------------------------- pre-training
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TransfoXLCausalLMModel:
+    """ProtTXL's pre-training as the trainer sees it: next-token cross-entropy over a segment
+    of the stream (data/stream.py), attending to the memory of its row's previous segments.
+
+    The carry (models/base.py) is {"memory": (batch, num_layers, mem_len, d) in the compute
+    dtype, "valid": (batch, mem_len) bool}: each layer's input over the last mem_len tokens of
+    the row, without gradient (as Transformer-XL), and which of them hold a token yet (a new
+    run, and every evaluation, starts with none: the first segment sees no memory, as in
+    kimiyoung / cybertronai TXL). `masked_accuracy` / `masked_loss` are the next-residue
+    figures (targets that are residues, not the separator); `accuracy` / `loss` count every
+    target, the separator too, as Transformer-XL's loss does.
+    """
+
+    config: TransfoXLConfig = dataclasses.field(default_factory=TransfoXLConfig)
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+
+    family = "prot_txl"
+    feature_converter_cls = StreamFeatureConverter
+    headline_metrics = ("loss", "accuracy", "masked_accuracy")
+    masked_label = "next-residue"  # what the demo calls its "masked" positions
+
+    @property
+    def module(self) -> TransfoXL:
+        return TransfoXL(self.config)
+
+    def init_params(self, rng: jax.Array) -> Any:
+        return init_params(self.config, rng)
+
+    def init_carry(self, batch_size: int) -> dict | None:
+        """An empty memory for `batch_size` rows, boxed with logical axes (batch first, as the
+        trainer's microbatching needs); None when mem_len is 0 (no carry)."""
+        cfg = self.config
+        if cfg.mem_len <= 0:
+            return None
+        boxed = lambda shape, dtype, axes: nn.with_logical_partitioning(  # noqa: E731
+            nn.initializers.zeros, axes)(None, shape, dtype)
+        return {"memory": boxed((batch_size, cfg.num_layers, cfg.mem_len, cfg.hidden_size), cfg.compute_dtype,
+                                ("batch", "layers", "length", "embed")),
+                "valid": boxed((batch_size, cfg.mem_len), jnp.bool_, ("batch", "length"))}
+
+    def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool,
+                         carry: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, Metrics, dict | None]:
+        """(loss_sum, metrics, the next carry); with no carry, the segment alone (no memory)."""
+        tokens = batch["decoder_input_tokens"]
+        memory = valid = None
+        if carry is not None:
+            memory, valid = jnp.swapaxes(carry["memory"], 0, 1), carry["valid"]
+        logits, new_memory = self.module.apply({"params": params}, tokens, memory, not train, valid,
+                                               rngs={"dropout": rng} if train else None)
+        loss_sum, metrics = token_metrics(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                                          batch["decoder_masked_weights"], self.label_smoothing, self.z_loss)
+        new_carry = None
+        if carry is not None:
+            new_carry = {"memory": jax.lax.stop_gradient(jnp.swapaxes(new_memory, 0, 1)),
+                         "valid": next_memory_valid(valid, tokens.shape[1])}
+        return loss_sum, metrics, new_carry
+
+    def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return batch["decoder_target_tokens"], batch["decoder_masked_weights"]
+
+    def flops_per_batch(self, batch: Mapping[str, Any]) -> float:
+        """Model FLOPs of one training step (forward + backward, 3x the forward) on a batch:
+
+            3 * (rows * per_row + layers * 2 * (K + 1) * d * A)
+            per_row = layers * (2 L d A  +  4 K d A  +  2 L A d  +  4 L d f     q; k, v; o; FFN
+                                + 2 L K A  +  2 L (K + 1) A  +  2 L K A)          AC, BD, AV
+                      + 2 L d V                                                   output layer
+
+        L: segment length, K = mem_len + L: the keys (memory ++ segment; the keys and values
+        of the memory are projected again every step, as the memory holds layer inputs),
+        A = heads * head_dim, f: d_inner, V: vocabulary. The relative-position projection
+        (K + 1 distances) is shared by the rows. Attention is counted dense (masked entries
+        included), as it is computed.
+        """
+        cfg = self.config
+        rows, length = batch["decoder_input_tokens"].shape
+        d, a, f, v, layers = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size,
+                              cfg.vocab_size, cfg.num_layers)
+        keys = cfg.mem_len + length
+        per_row = layers * (2 * length * d * a + 4 * keys * d * a + 2 * length * a * d + 4 * length * d * f
+                            + 4 * length * keys * a + 2 * length * (keys + 1) * a) + 2 * length * d * v
+        return float(3 * (rows * per_row + layers * 2 * (keys + 1) * d * a))
+
+
+# -------------------------------------------------------------------------------- embedding
+
+
+@dataclasses.dataclass(frozen=True)
+class TransfoXLEncoder:
+    """ProtTXL embeddings: the last layer's hidden state at each residue, the protein read
+    after the separator (`<eos>`), as in the training stream.
+
+    A protein longer than `segment_length` (default: mem_len) is read in segments with
+    memory, as Transformer-XL reads a stream, so its length has no limit: device memory is
+    bounded by one segment's activations (attention scores heads x segment x (segment +
+    mem_len) per layer at a time), the memory (num_layers x mem_len x d) and the output
+    (length x d): O(length) in all, never O(length^2). While mem_len covers the preceding
+    context this equals one causal pass; beyond it each segment sees the last mem_len
+    positions of every layer, which is what the model was trained on. (A model with mem_len 0
+    has no memory to carry: it reads a protein in one causal pass, O(length^2).)
+    """
+
+    config: TransfoXLConfig
+    part: str = "encoder"
+    segment_length: int | None = None
+
+    PARTS: ClassVar[tuple[str, ...]] = ("encoder",)
+    param_keys = ("word_embedding", "stack")
+
+    @property
+    def width(self) -> int:
+        return self.config.hidden_size
+
+    def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (vocabulary.eos_id,), ()
+
+    @property
+    def module(self) -> TransfoXL:
+        return TransfoXL(self.config)
+
+    def hidden_states(self, params: Any, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+        del valid  # causal: padding after a protein changes none of its positions
+        cfg = self.config
+        batch, length = tokens.shape
+        segment = self.segment_length or cfg.mem_len
+        encode = lambda x, memory=None, memory_valid=None: self.module.apply(  # noqa: E731
+            {"params": params}, x, memory, True, memory_valid, method=TransfoXL.encode)
+        if cfg.mem_len <= 0 or length <= segment:
+            return encode(tokens)[0]
+        count = -(-length // segment)
+        padded = jnp.pad(tokens, ((0, 0), (0, count * segment - length)), constant_values=cfg.pad_id)
+        segments = jnp.swapaxes(padded.reshape(batch, count, segment), 0, 1)
+        start = (jnp.zeros((cfg.num_layers, batch, cfg.mem_len, cfg.hidden_size), cfg.compute_dtype),
+                 jnp.zeros((batch, cfg.mem_len), bool))
+
+        def step(carry, segment_tokens):
+            memory, memory_valid = carry
+            hidden, new_memory = encode(segment_tokens, memory, memory_valid)
+            return (new_memory, next_memory_valid(memory_valid, segment)), hidden
+
+        _, hidden = jax.lax.scan(step, start, segments)
+        return jnp.swapaxes(hidden, 0, 1).reshape(batch, count * segment, cfg.hidden_size)[:, :length]
+
+    def token_embedding(self, params: Any) -> np.ndarray:
+        return np.asarray(params["word_embedding"]["embedding"], np.float32)
+
+
+families.register(families.Family(
+    name=TransfoXLCausalLMModel.family,
+    config_cls=TransfoXLConfig,
+    hf_model_types=(),  # no released weights, and transformers 5 has no Transformer-XL class
+    pretrain_model=lambda config: TransfoXLCausalLMModel(config),
+    encoder=TransfoXLEncoder,
+    converter_module=None,
+    default_vocabulary=prot_txl_vocabulary,
+    paper_model="ProtTXL-BFD",
+))
