@@ -147,3 +147,10 @@ def test_describe_batch_decodes_each_packed_protein(corpus):
     assert text.startswith("== unit_prott5_denoise: decoder_input_tokens (4, 128)")
     assert text.count("inputs  (") == batch["encoder_segment_ids"].max(axis=1).sum()
     assert "<0>" in text  # sentinels are shown by name
+
+
+def test_describe_batch_shows_each_permutation_lm_row(corpus):
+    batch = batches("unit_permutation_lm", count=1)[0]
+    text = describe_batch("unit_permutation_lm", batch)
+    assert text.startswith("== unit_permutation_lm: attention_mask (4, 128)") and "one protein per row" in text
+    assert text.count("targets at [") == 4 and "<sep> <cls>" in text
