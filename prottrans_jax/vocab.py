@@ -30,6 +30,13 @@ Sources (public):
   ProtBert's order, then four reserved control pieces that fill the table to 34.
 - ProtTXL: no vocabulary was released (nor weights); `prot_txl_vocabulary` is the project's
   choice for training from scratch, UNVERIFIED against the paper's.
+- ProtXLNet (`Rostlab/prot_xlnet/spiece.model`, SentencePiece): ids 0-8 are XLNet's hard-coded
+  specials (zihangdai/xlnet `data_utils.py`; `<unk>` 0, `<sep>` 4, `<cls>` 3 confirmed by
+  agemagician/ProtTrans #53), and there is no piece for X, which encodes to `<unk>` (the
+  maintainer, ProtTrans #10/#53). The residues' ids are NOT known here (families-spec.md
+  section 5.2): importing reads the shipped spiece.model (`convert.xlnet.tokenizer_pieces`).
+  Chosen for training from scratch (`prot_xlnet_vocabulary`, not verified): the nine specials,
+  then one "▁"-prefixed piece per standard residue in ProtBert's (UniRef100 frequency) order.
 
 Input text is residues separated by single spaces ("M K T A"), as ProtTrans feeds its
 tokenizers. Lower case is accepted; the rare residues U, Z, O, B are encoded as X, as
@@ -77,6 +84,8 @@ PROT_ALBERT_VOCAB_SIZE = 34
 # ProtTXL: never released; the project's own table (see prot_txl_vocabulary).
 PROT_TXL_SPECIALS = ("<pad>", "<unk>", "<eos>")
 PROT_TXL_VOCAB_SIZE = 32
+# ProtXLNet spiece.model: XLNet's special ids are verified, the residues' order is not.
+PROT_XLNET_SPECIALS = ("<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>")
 
 
 class ProteinVocabulary(seqio.Vocabulary):
@@ -249,6 +258,18 @@ def prot_txl_vocabulary() -> ProteinVocabulary:
     assert len(pieces) == PROT_TXL_VOCAB_SIZE
     return ProteinVocabulary("prot_txl", pieces, PROT_BERT_RESIDUE_ORDER, len(PROT_TXL_SPECIALS),
                              pad_id=0, eos_id=2, unk_id=1)
+
+
+def prot_xlnet_vocabulary() -> ProteinVocabulary:
+    """The project's 29-id ProtXLNet table (residue ids unverified: module docstring): XLNet's
+    specials at 0..8, "▁L" .. "▁W" (the 20 standard residues) at 9..28; X, U, Z, O, B -> <unk>.
+
+    eos is <sep> and bos <cls>, the two ids XLNet appends (`residues <sep> <cls>`)."""
+    residues = "".join(aa for aa in PROT_BERT_RESIDUE_ORDER if aa in STANDARD_AMINO_ACIDS)
+    pieces = list(PROT_XLNET_SPECIALS) + ["\u2581" + aa for aa in residues]
+    ids = {name: PROT_XLNET_SPECIALS.index(name) for name in PROT_XLNET_SPECIALS}
+    return ProteinVocabulary("prot_xlnet", pieces, residues, len(PROT_XLNET_SPECIALS), pad_id=ids["<pad>"],
+                             eos_id=ids["<sep>"], unk_id=ids["<unk>"], mask_id=ids["<mask>"], bos_id=ids["<cls>"])
 
 
 def prot_t5_residue_ids() -> tuple[int, int]:

@@ -23,6 +23,8 @@ def describe_batch(task_name: str, batch: dict[str, np.ndarray], max_chars: int 
     """Human-readable batch: per row and packed protein, the decoded inputs and targets."""
     task = get_task(task_name)
     vocabulary = task.output_features["targets"].vocabulary
+    if "perm_mask" in batch:  # XLNet's permutation LM: one protein per row, never packed
+        return _describe_permutation_batch(task_name, batch, vocabulary, max_chars)
     if "encoder_input_tokens" not in batch:  # a causal LM stream (data/stream.py): one row each
         return "\n".join([f"== {task_name}: {batch['decoder_input_tokens'].shape} rows, each a stream"] + [
             f"row {row}: " + vocabulary.decode(tokens.tolist()).replace(" ", "")[:max_chars]
@@ -50,6 +52,22 @@ def describe_batch(task_name: str, batch: dict[str, np.ndarray], max_chars: int 
             lines.append(f"      targets ({len(tgt):3d}) {show(tgt)}")
             hidden = batch[hidden_key][row][batch[target_segments_key][row] == k + 1]
             lines.append(f"      {int(hidden.sum())} hidden position(s)")
+    return "\n".join(lines)
+
+
+def _describe_permutation_batch(task_name: str, batch: dict[str, np.ndarray], vocabulary, max_chars: int) -> str:
+    """Per row: the framed protein and the residues its factorisation order predicts."""
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in sorted(batch.items()))
+    lines = [f"== {task_name}: {shapes}; one protein per row"]
+    for row in range(batch["encoder_input_tokens"].shape[0]):
+        n = int(batch["attention_mask"][row].sum())
+        tokens = batch["encoder_input_tokens"][row][:n]
+        text = " ".join(vocabulary.piece(int(t)).lstrip("\u2581") for t in tokens)
+        weights = batch["target_weights"][row] > 0
+        positions = np.argmax(batch["target_mapping"][row][weights], axis=1)
+        targets = vocabulary.decode(batch["target_tokens"][row][weights].tolist()).replace(" ", "")
+        lines.append(f"row {row}: ({n:3d}) {text if len(text) <= max_chars else text[:max_chars] + '...'}")
+        lines.append(f"      {int(weights.sum())} targets at {positions.tolist()}: {targets}")
     return "\n".join(lines)
 
 

@@ -374,3 +374,43 @@ def test_an_electra_model_embeds_with_the_discriminator_or_on_request_the_genera
                        "--hf_model", whole])
     assert code == 1 and "--part 'decoder': a prot_electra model embeds with discriminator or generator" in \
         capsys.readouterr().err
+
+
+def test_an_xlnet_directory_and_model_dir_embed_the_content_stream(embed, tmp_path):
+    """A ProtXLNet-shaped HF directory (XLNetLMHeadModel + spiece.model) and a prot_xlnet
+    MODEL_DIR of the same weights: each protein as `residues <sep> <cls>`, only the residues
+    written, equal to XLNetModel on the protein alone (ProtTrans' call: input ids only)."""
+    from prottrans_jax.convert import xlnet as xlnet_convert
+    from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict
+    from prottrans_jax.vocab import prot_xlnet_vocabulary
+    from tests.conftest import random_hf_xlnet, write_family_model_dir
+
+    hf_dir = tmp_path / "hf"
+    hf_model = random_hf_xlnet("lm", 6)
+    hf_model.save_pretrained(hf_dir)
+    xlnet_convert.write_tokenizer(str(hf_dir))
+    fasta = write_fasta(tmp_path / "p.fasta", SEQUENCES)
+    out = str(tmp_path / "xlnet.h5")
+    summary = embed.embed_fasta_to_h5(fasta, out, hf_model=str(hf_dir), per_residue=True, per_protein=True,
+                                      max_tokens=MAX_TOKENS, max_length=MAX_LENGTH)
+    assert summary["family"] == "prot_xlnet" and summary["embedded"] == len(SEQUENCES)
+    per_residue, per_protein = read_h5(out), read_h5(embed.per_protein_path(out))
+    vocabulary = prot_xlnet_vocabulary()
+    for protein_id, sequence in SEQUENCES.items():
+        ids = [*vocabulary.encode(sequence.upper()), 4, 3]  # X, U, Z, O, B -> <unk>, one id each
+        with torch.no_grad():
+            expected = hf_model.transformer(input_ids=torch.tensor([ids]), use_mems=False)
+        expected = expected.last_hidden_state[0, :-2].numpy()
+        array, attrs = per_residue[protein_id.replace("/", "_")]
+        assert array.shape == (len(sequence), 32) and attrs["length"] == len(sequence)
+        np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5, err_msg=protein_id)
+        np.testing.assert_allclose(per_protein[protein_id.replace("/", "_")][0], expected.mean(0),
+                                   rtol=1e-5, atol=1e-5, err_msg=protein_id)
+    state_dict = load_hf_state_dict(str(hf_dir))
+    config = xlnet_convert.config_from_hf(load_hf_config(str(hf_dir)), state_dict, dtype="float32")
+    write_family_model_dir(tmp_path / "model", xlnet_convert.hf_to_flax(state_dict, config), config, "prot_xlnet")
+    from_dir = str(tmp_path / "from_model_dir.h5")
+    embed.embed_fasta_to_h5(fasta, from_dir, model_dir=str(tmp_path / "model"), per_residue=False,
+                            per_protein=True, max_tokens=MAX_TOKENS, max_length=MAX_LENGTH)
+    for name, (array, _) in per_protein.items():
+        np.testing.assert_allclose(read_h5(from_dir)[name][0], array, rtol=1e-5, atol=1e-6, err_msg=name)

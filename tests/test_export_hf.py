@@ -180,3 +180,57 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert export_hf.main(["--model_dir", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no checkpoint in") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------ ProtXLNet
+
+
+def test_an_xlnet_model_dir_exports_as_xlnet_lm_head_model_and_encoder(tmp_path):
+    """A prot_xlnet MODEL_DIR -> XLNetLMHeadModel (and XLNetModel with --part encoder) with an
+    XLNetTokenizer: the weights come back bit for bit, and transformers' logits on its own
+    left-padded tokenisation, perm_mask and target_mapping included, are our model's."""
+    from prottrans_jax.convert import xlnet as xlnet_convert
+    from prottrans_jax.models.xlnet import XLNet
+    from tests.conftest import random_hf_xlnet, write_family_model_dir
+
+    hf_model = random_hf_xlnet("lm", 7)
+    state_dict = numpy_state_dict(hf_model)
+    config = xlnet_convert.config_from_hf(hf_model.config.to_dict(), state_dict, dtype="float32")
+    params = xlnet_convert.hf_to_flax(state_dict, config)
+    write_family_model_dir(tmp_path / "model", params, config, "prot_xlnet")
+    out = str(tmp_path / "hf")
+    assert export_hf.main(["--model_dir", str(tmp_path / "model"), "--output", out]) == 0
+    assert {"config.json", "model.safetensors", "spiece.model", "tokenizer_config.json"} <= set(os.listdir(out))
+    exported = load_hf_state_dict(out)
+    assert set(exported) == set(state_dict)
+    for key, value in exported.items():
+        np.testing.assert_array_equal(value, state_dict[key], err_msg=key)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["M K T A Y I A K Q R", "G S H M"], padding=True, return_tensors="pt")
+    assert batch.input_ids[1, :6].tolist() == [5] * 6 and batch.input_ids[:, -2:].tolist() == [[4, 3]] * 2
+    length = batch.input_ids.shape[1]
+    perm_mask = torch.zeros((2, length, length))
+    perm_mask[:, :, -4] = 1.0  # nobody sees the residue before <sep>: it is the target
+    target_mapping = torch.zeros((2, 1, length))
+    target_mapping[:, 0, -4] = 1.0
+    reloaded = transformers.XLNetLMHeadModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        plain = reloaded(**batch, use_mems=False).logits.numpy()
+        permuted = reloaded(**batch, perm_mask=perm_mask, target_mapping=target_mapping, use_mems=False).logits.numpy()
+    model = XLNet(config)
+    tokens, mask = jnp.asarray(batch.input_ids.numpy()), jnp.asarray(batch.attention_mask.numpy())
+    ours, _ = model.apply({"params": params}, tokens, mask)
+    ours_permuted, _ = model.apply({"params": params}, tokens, mask, None, jnp.asarray(perm_mask.numpy()),
+                                   jnp.asarray(target_mapping.numpy()))
+    valid = batch.attention_mask.numpy().astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[valid], plain[valid], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours_permuted), permuted, rtol=1e-5, atol=1e-5)
+
+    encoder_out = str(tmp_path / "encoder")
+    assert export_hf.main(["--model_dir", str(tmp_path / "model"), "--output", encoder_out, "--part", "encoder"]) == 0
+    encoder = transformers.XLNetModel.from_pretrained(encoder_out).eval()
+    with torch.no_grad():
+        hidden = encoder(**batch, use_mems=False).last_hidden_state.numpy()
+    ours_hidden, _ = model.apply({"params": params}, tokens, mask, method=XLNet.encode)
+    np.testing.assert_allclose(np.asarray(ours_hidden)[valid], hidden[valid], rtol=1e-5, atol=1e-5)

@@ -119,3 +119,48 @@ def test_bad_arguments_are_one_line_errors():
         permutation_lm_features(protein(0), 5, np.random.default_rng(0), perm_size=5)
     with pytest.raises(ValueError, match="num_predict must be positive"):
         permutation_lm_features(protein(0), 0, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------ the seqio task
+
+
+@pytest.fixture(scope="module")
+def short_task(tmp_path_factory):
+    """`short_permutation_lm`: the objective over 32 real sample proteins (< 50 residues)."""
+    import tasks
+    from tests.conftest import short_protein_corpus
+
+    tasks.register_corpus("short", short_protein_corpus(tmp_path_factory))
+    return "short_permutation_lm"
+
+
+def test_the_task_frames_pads_and_permutes_real_proteins(short_task):
+    """Fixed shapes from one length (num_predict = L / 6); `residues <sep> <cls>` padded on
+    the right; every target a residue that sees neither itself nor any context token's view
+    of it; the context residues visible to all and blind to every target."""
+    from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
+
+    lengths = task_feature_lengths(get_task(short_task), 60)
+    assert lengths["inputs"] == lengths["perm_mask"] == 60 and lengths["targets"] == 10
+    batch = next(get_batches(short_task, "train", lengths, 8, seed=2).as_numpy_iterator())
+    shapes = {key: value.shape for key, value in batch.items()}
+    assert shapes == {"encoder_input_tokens": (8, 60), "attention_mask": (8, 60), "token_types": (8, 60),
+                      "perm_mask": (8, 60, 60), "target_mapping": (8, 10, 60), "target_tokens": (8, 10),
+                      "target_weights": (8, 10)}
+    for row in range(8):
+        tokens, perm = batch["encoder_input_tokens"][row], batch["perm_mask"][row].astype(bool)
+        n = int(batch["attention_mask"][row].sum()) - 2
+        assert 5 < n < 50 and np.all(tokens[:n] >= 9) and list(tokens[n:n + 2]) == [SEP_ID, CLS_ID]
+        assert np.all(tokens[n + 2:] == 5) and np.all(batch["attention_mask"][row][n + 2:] == 0)
+        types = batch["token_types"][row]
+        assert np.all(types[:n + 1] == 0) and types[n + 1] == 2 and np.all(types[n + 2:] == 3)
+        weights = batch["target_weights"][row] > 0
+        assert weights.sum() == min(10, n)
+        positions = np.argmax(batch["target_mapping"][row][weights], axis=1)
+        assert len(set(positions)) == weights.sum() and np.all(positions < n)  # residues only
+        assert np.array_equal(batch["target_tokens"][row][weights], tokens[positions])
+        assert not batch["target_mapping"][row][~weights].any()
+        assert np.all(perm[positions, positions])  # a target never sees itself
+        context = np.setdiff1d(np.arange(n), positions)
+        assert not perm[:, context].any()  # every position sees the context residues
+        assert np.all(perm[np.ix_(context, positions)])  # which see no target

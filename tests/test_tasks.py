@@ -6,15 +6,14 @@ import pytest
 from prottrans_jax.data import registry
 from prottrans_jax.data.dataset import get_batches, get_task, task_feature_lengths
 from prottrans_jax.data.feature_converters import EncoderMLMFeatureConverter
-from prottrans_jax.data.stream import StreamFeatureConverter
 from tasks.corpus import OBJECTIVES, register_corpus
 from tasks.show_batches import describe_batch
 from tests.conftest import run_build
 from tests.test_tfrecords_builder import random_fasta
 
-# The packed objectives (a stream objective, causal_lm, has its own tests: tests/test_stream.py).
-PACKED = tuple(o for o in OBJECTIVES
-               if not issubclass(registry.get_objective(o).feature_converter_cls, StreamFeatureConverter))
+# The packed objectives: not the stream objective, causal_lm (tests/test_stream.py), nor XLNet's
+# permutation LM (one protein per row): their converters have no packing features.
+PACKED = tuple(o for o in OBJECTIVES if registry.get_objective(o).feature_converter_cls.PACKING_FEATURE_DTYPES)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +147,10 @@ def test_describe_batch_decodes_each_packed_protein(corpus):
     assert text.startswith("== unit_prott5_denoise: decoder_input_tokens (4, 128)")
     assert text.count("inputs  (") == batch["encoder_segment_ids"].max(axis=1).sum()
     assert "<0>" in text  # sentinels are shown by name
+
+
+def test_describe_batch_shows_each_permutation_lm_row(corpus):
+    batch = batches("unit_permutation_lm", count=1)[0]
+    text = describe_batch("unit_permutation_lm", batch)
+    assert text.startswith("== unit_permutation_lm: attention_mask (4, 128)") and "one protein per row" in text
+    assert text.count("targets at [") == 4 and "<sep> <cls>" in text

@@ -308,3 +308,57 @@ def test_continued_pre_training_starts_from_released_electra_weights(corpus, tin
     expected = load_hf_dir(hf_dir, param_dtype="float32").params
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  jax.device_get(restored_params(tmp_path, 1)), expected)
+
+
+# ------------------------------------------------------------------ ProtXLNet end to end
+
+XLNET_GIN = "--gin_file=gin/experiments/prot_xlnet_tiny_sample.gin"
+# The tiny HF XLNet of tests/conftest.py (TINY_XLNET): 2 layers, 32 wide, 4 heads x 8, d_inner 64.
+SMALL_XLNET = ["--gin.XLNetConfig.hidden_size=32", "--gin.XLNetConfig.head_dim=8",
+               "--gin.XLNetConfig.intermediate_size=64"]
+
+
+def xlnet_flags(model_dir, steps, *extra, **kwargs):
+    return flags(XLNET_GIN, model_dir, steps, "short_permutation_lm", *SMALL_XLNET, *ONE_DEVICE, *extra,
+                 **kwargs)
+
+
+def test_xlnet_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    """Each protein's factorisation order comes from seqio's seeds: a resumed run sees the
+    same permutations, targets and dropout, so its state is the straight run's, bit for bit."""
+    dropout = ["--gin.XLNetConfig.dropout_prob=0.1", "--gin.XLNetConfig.attention_dropout_prob=0.1"]
+    straight = run_ok(xlnet_flags(tmp_path / "straight", 6, *dropout))
+    with monkeypatch.context() as patch:  # a preemption after step 3
+        patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
+        assert run_ok(xlnet_flags(tmp_path / "m", 6, *dropout))["preempted"]
+    resumed = run_ok(xlnet_flags(tmp_path / "m", 6, *dropout))
+    assert resumed["step"] == 6
+    assert_trees_equal(resumed["state"], straight["state"])  # bit-identical
+    stored = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert stored["family"] == "prot_xlnet" and stored["config"]["hidden_size"] == 32
+    assert stored["vocabulary"][:9] == ["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
+    assert straight["feature_lengths"]["perm_mask"] == 64 and straight["feature_lengths"]["targets"] == 10
+
+
+def test_xlnet_continues_from_hf_weights_and_refuses_another_family(corpus, tiny_bert_hf_dir, tmp_path, capsys):
+    """An XLNetLMHeadModel directory with the project's spiece.model starts a run (a zero
+    learning rate keeps its weights); a ProtBert directory is a one-line error."""
+    from prottrans_jax.convert import xlnet as xlnet_convert
+    from tests.conftest import random_hf_xlnet
+
+    hf_dir = tmp_path / "hf"
+    random_hf_xlnet("lm", 2).save_pretrained(hf_dir)
+    xlnet_convert.write_tokenizer(str(hf_dir))
+    run_ok(xlnet_flags(tmp_path / "m", 1, f"--gin.train.init_from_hf='{hf_dir}'",
+                       "--gin.XLNetConfig.vocab_size=30",
+                       "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.0",
+                       "--gin.optimizers.warmup_decay_schedule.end_learning_rate=0.0"))
+    config = model_dir_lib.read_model(str(tmp_path / "m"), param_dtype="float32").config
+    expected = xlnet_convert.hf_to_flax(load_hf_state_dict(str(hf_dir)), config)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(restored_params(tmp_path / "m", 1)), expected)
+    bert_dir = tiny_bert_hf_dir()
+    capsys.readouterr()  # transformers' save progress bars
+    code, _ = train_lib.run(xlnet_flags(tmp_path / "b", 1, f"--gin.train.init_from_hf='{bert_dir}'"))
+    assert code == 1 and "holds a prot_bert model; the model being trained is prot_xlnet" in one_line_error(capsys)
+    assert not (tmp_path / "b" / "model.json").exists()

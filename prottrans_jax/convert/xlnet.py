@@ -14,28 +14,33 @@ Transformer-XL has no class in transformers 5: `transfo_xl_from_hf` reads an
 the parts a one-stream, segment-free model lacks (mask_emb, r_s_bias, seg_embed), and an XLNet
 checkpoint has no output bias for the encoder part: zeros then.
 
-Vocabulary notes for the converter's tokenizer half (the next step, with the Family): the
-released tokenizer is SentencePiece `spiece.model`; ids 0-8 are XLNet's hard-coded specials
-(models/xlnet.py SPECIAL_IDS: <unk> 0, <s> 1, </s> 2, <cls> 3, <sep> 4, <pad> 5, <mask> 6,
-<eod> 7, <eop> 8); X (and U Z O B, as the ProtTrans notebooks do) maps to <unk> 0, and a run of
-X's collapses into one <unk> in spm; a protein is framed `residues <sep> <cls>` with padding
-on the LEFT, token types 0 for the residues and <sep>, 2 for <cls>.
+The tokenizer is SentencePiece `spiece.model`, read with sentencepiece (`tokenizer_pieces`):
+ProtXLNet's id table is not known here, so an import always takes the shipped one. Ids 0-8
+are XLNet's hard-coded specials (models/xlnet.py SPECIAL_IDS: <unk> 0, <s> 1, </s> 2, <cls> 3,
+<sep> 4, <pad> 5, <mask> 6, <eod> 7, <eop> 8); the residues are "▁"-prefixed pieces; X (and U
+Z O B, as the ProtTrans notebooks do) has none and maps to <unk> (spm also collapses a run of
+X's into one <unk>; our vocabulary keeps one id per residue). `write_tokenizer` writes an
+spiece.model and the XLNetTokenizer config (padding on the left, `<sep> <cls>` appended).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Any
 
 import jax
 import numpy as np
 
 from prottrans_jax.convert import mapping
+from prottrans_jax.convert.albert import SPIECE, WORD_BOUNDARY, tokenizer_pieces  # noqa: F401  (the contract's)
 from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap, Transform
 from prottrans_jax.errors import UserError
 from prottrans_jax.models import transfo_xl, xlnet
 from prottrans_jax.models.transfo_xl import TransfoXLConfig
 from prottrans_jax.models.xlnet import XLNetConfig
+from prottrans_jax.vocab import PROTEIN_ALPHABET, STANDARD_AMINO_ACIDS, ProteinVocabulary, prot_xlnet_vocabulary
 
 PARTS = ("full", "encoder")
 WORD_EMBEDDING = "transformer.word_embedding.weight"
@@ -242,3 +247,77 @@ def hf_config_from(config: XLNetConfig, part: str = "full") -> dict[str, Any]:
 def _short(config: XLNetConfig | TransfoXLConfig) -> str:
     return (f"(hidden={config.hidden_size}, layers={config.num_layers}, heads={config.num_heads}x"
             f"{config.head_dim}, vocab={config.vocab_size})")
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+REQUIRED_SPECIALS = ("<unk>", "<cls>", "<sep>", "<pad>")
+
+
+def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> ProteinVocabulary:
+    """A vocabulary over an XLNet SentencePiece table: its specials (<unk> <cls> <sep> <pad>,
+    <mask> if present) and one "▁"-prefixed piece per residue (a residue it lacks, X included,
+    is encoded as <unk>)."""
+    pieces = list(pieces)
+    missing = [token for token in REQUIRED_SPECIALS if token not in pieces]
+    if missing:
+        raise UserError(f"{where} has no {missing[0]} piece: not an XLNet vocabulary")
+    letters = {piece[1:]: i for i, piece in enumerate(pieces)
+               if len(piece) == 2 and piece[0] == WORD_BOUNDARY and piece[1] in PROTEIN_ALPHABET}
+    absent = sorted(set(STANDARD_AMINO_ACIDS) - set(letters))
+    if absent:
+        raise UserError(f"{where} has no '{WORD_BOUNDARY}'-prefixed piece for residue(s) {''.join(absent)}: "
+                         "not a one-piece-per-residue protein vocabulary")
+    builtin = prot_xlnet_vocabulary()
+    if pieces == list(builtin.pieces):
+        return builtin
+    index = pieces.index
+    return ProteinVocabulary("xlnet_spiece", pieces, letters, pad_id=index("<pad>"), eos_id=index("<sep>"),
+                             unk_id=index("<unk>"), mask_id=index("<mask>") if "<mask>" in pieces else None,
+                             bos_id=index("<cls>"))
+
+
+def write_tokenizer(output_dir: str, vocabulary: ProteinVocabulary | None = None) -> None:
+    """spiece.model + tokenizer_config.json + special_tokens_map.json (XLNetTokenizer, cased,
+    padding on the left) for `vocabulary`'s table, id for id.
+
+    The SentencePiece model is built from its protobuf (unigram, identity normaliser); the
+    specials are control pieces (<unk> the unknown one), every residue a normal piece.
+    transformers' XLNetTokenizer appends `<sep> <cls>` with token types 0 and 2.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    vocabulary = vocabulary or prot_xlnet_vocabulary()
+    pieces = list(vocabulary.pieces)
+    kinds = sp_pb2.ModelProto.SentencePiece
+    model = sp_pb2.ModelProto()
+    model.trainer_spec.model_type = sp_pb2.TrainerSpec.UNIGRAM
+    model.trainer_spec.vocab_size = len(pieces)
+    model.trainer_spec.unk_id, model.trainer_spec.pad_id = vocabulary.unk_id, vocabulary.pad_id
+    model.trainer_spec.bos_id = pieces.index("<s>") if "<s>" in pieces else -1
+    model.trainer_spec.eos_id = pieces.index("</s>") if "</s>" in pieces else -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = True
+    model.normalizer_spec.escape_whitespaces = True
+    for token_id, text in enumerate(pieces):
+        piece = model.pieces.add()
+        piece.piece = text
+        if token_id == vocabulary.unk_id:
+            piece.type = kinds.UNKNOWN
+        elif text.startswith("<") and text.endswith(">"):
+            piece.type = kinds.CONTROL
+        else:
+            piece.type = kinds.NORMAL
+        piece.score = -float(token_id) if piece.type == kinds.NORMAL else 0.0
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, SPIECE), "wb") as f:
+        f.write(model.SerializeToString())
+    specials = {f"{role}_token": token for role, token in (
+        ("unk", "<unk>"), ("bos", "<s>"), ("eos", "</s>"), ("cls", "<cls>"), ("sep", "<sep>"), ("pad", "<pad>"),
+        ("mask", "<mask>")) if token in pieces}
+    config = {"tokenizer_class": "XLNetTokenizer", "do_lower_case": False, "keep_accents": True,
+              "remove_space": True, "padding_side": "left", "model_max_length": 1000000000, **specials}
+    for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
+        with open(os.path.join(output_dir, name), "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)

@@ -10,6 +10,8 @@ refused before training starts (`check_task_fits`).
   own loss weights, because BERT also scores the 10% random and 10% unchanged positions that
   seqio's `EncoderFeatureConverter` (loss where input == [MASK]) would miss, and which of
   them became [MASK] (`encoder_masked_weights`).
+- `PermutationLMFeatureConverter` (ProtXLNet): XLNet's permutation-LM features, one protein per
+  row, never packed (a factorisation order spans one example).
 
 Packing puts several proteins in one row; `*_segment_ids` (1, 2, ...; 0 = padding) keep
 attention within a protein and `*_positions` restart at 0 for each protein.
@@ -87,6 +89,43 @@ class EncoderMLMFeatureConverter(seqio.FeatureConverter):
         names = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES)
                                              if self.pack else [])
         return {name: length for name in names}
+
+
+_MATRIX = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=2)
+# task feature -> (model feature, spec)
+_PERMUTATION_LM = {"inputs": ("encoder_input_tokens", _INT), "input_mask": ("attention_mask", _INT),
+                   "token_types": ("token_types", _INT), "perm_mask": ("perm_mask", _MATRIX),
+                   "target_mapping": ("target_mapping", _MATRIX), "targets": ("target_tokens", _INT),
+                   "target_weights": ("target_weights", _INT)}
+
+
+class PermutationLMFeatureConverter(seqio.FeatureConverter):
+    """`objectives.permutation_lm`'s features -> the XLNet model's, fixed shapes (L, m):
+
+    encoder_input_tokens (L), attention_mask (L, 1 = real token), token_types (L), perm_mask
+    (L, L, 1 = may not attend), target_mapping (m, L), target_tokens (m), target_weights (m).
+
+    Always unpacked, whatever `pack` says (`train.pack` is every family's one switch): a
+    permutation mask is per example, and the objective pads each example itself.
+    """
+
+    TASK_FEATURES = {name: spec for name, (_, spec) in _PERMUTATION_LM.items()}
+    MODEL_FEATURES = {model_name: spec for model_name, spec in _PERMUTATION_LM.values()}
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, pack: bool = False, **kwargs):
+        del pack  # never packed (class docstring)
+        super().__init__(pack=False, **kwargs)
+
+    def _convert_features(self, ds: tf.data.Dataset,
+                          task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        ds = self._pack_or_pad(ds, task_feature_lengths)
+        return ds.map(lambda features: {_PERMUTATION_LM[k][0]: features[k] for k in self.TASK_FEATURES},
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> Mapping[str, int]:
+        return {_PERMUTATION_LM[k][0]: task_feature_lengths[k] for k in self.TASK_FEATURES}
 
 
 def check_task_fits(task_name: str, task_features, converter_cls: type, model_name: str) -> None:

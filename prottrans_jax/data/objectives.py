@@ -18,6 +18,9 @@ TFDS with old nightlies when installed. Each objective takes tokenised, cropped 
   also tells which of them became [MASK]); optionally at most `max_predictions_per_seq` of
   them (ProtAlbert's 20). `albert_mlm` (data/registry.py) is the same over ALBERT's table.
 - `electra_mlm`: ELECTRA's generator input: as `bert_mlm` with 85% [MASK], 15% unchanged.
+- `permutation_lm`: XLNet's objective (data/permutation_lm.py): a factorisation order per
+  protein, partial prediction of `num_predict` targets (the "targets" feature length) in
+  XLNet's framing `residues <sep> <cls>`, padded to the "inputs" length.
 
 Every objective says explicitly which target positions it hid (`targets_masked` for the T5
 objectives, `mlm_weights` for BERT's, coded NOT_CHOSEN / CHOSEN), so masked-token metrics
@@ -31,9 +34,11 @@ Sentinel k is <extra_id_{k mod 100}>: sentinels repeat only when one example hol
 from __future__ import annotations
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
+from prottrans_jax.data import permutation_lm as plm
 from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import ProteinVocabulary
 
@@ -269,3 +274,112 @@ def electra_mlm(dataset: tf.data.Dataset, output_features, mask_rate: float = 0.
     return bert_mlm(dataset, output_features, mask_rate=mask_rate, mask_token_fraction=mask_token_fraction,
                     random_token_fraction=0.0)
 
+
+
+# ------------------------------------------------------------------------------ XLNet
+
+
+@gin.configurable
+def permutation_lm_settings(num_predict: int | None = None, reuse_len: int = 0, perm_size: int | None = None,
+                            mask_alpha: float = 6.0, mask_beta: float = 1.0, max_gram: int = 5) -> dict:
+    """XLNet's permutation-LM settings, bound in gin once (`permutation_lm_settings.reuse_len`).
+
+    num_predict: targets per protein; None: length * mask_beta / mask_alpha, rounded down
+    (XLNet-Large's recipe: 85 of 512, about 1 in 6). reuse_len / perm_size: the reused part and
+    the permutation block (XLNet-Large: 256 / 256; ProtXLNet's values are UNVERIFIED; the
+    reused part only pays off with memory carried from the previous segment, which this
+    one-protein-per-row pipeline does not carry: 0 by default).
+    """
+    if mask_alpha <= 0 or mask_beta <= 0 or max_gram < 1:
+        raise UserError(f"permutation_lm_settings: need mask_alpha > 0, mask_beta > 0 and max_gram >= 1, "
+                         f"got {mask_alpha}, {mask_beta}, {max_gram}")
+    if num_predict is not None and num_predict < 1:
+        raise UserError(f"permutation_lm_settings.num_predict must be None or >= 1, got {num_predict}")
+    return dict(num_predict=num_predict, reuse_len=reuse_len, perm_size=perm_size, mask_alpha=mask_alpha,
+                mask_beta=mask_beta, max_gram=max_gram)
+
+
+def permutation_lm_num_predict(length: int) -> int:
+    """Targets per protein at the bound settings (the task's "targets" length)."""
+    settings = permutation_lm_settings()
+    if settings["num_predict"] is not None:
+        return settings["num_predict"]
+    return max(1, int(length * settings["mask_beta"] // settings["mask_alpha"]))
+
+
+# XLNet's token types (its tokenizer's): residues and <sep> 0, <cls> 2, padding 3.
+TYPE_SEQUENCE, TYPE_CLS, TYPE_PAD = 0, 2, 3
+
+
+def _special_id(vocabulary: ProteinVocabulary, piece: str) -> int:
+    if piece not in vocabulary.pieces:
+        raise UserError(f"permutation_lm needs a {piece} token; vocabulary {vocabulary.name!r} has none")
+    return vocabulary.pieces.index(piece)
+
+
+PERMUTATION_LM_FEATURES = ("inputs", "input_mask", "token_types", "perm_mask", "target_mapping", "targets",
+                           "target_weights")
+
+
+def permutation_lm_example(residues: np.ndarray, length: int, num_predict: int, rng: np.random.Generator,
+                           sep_id: int, cls_id: int, pad_id: int, **settings) -> dict[str, np.ndarray]:
+    """One protein's permutation-LM features (int32 numpy), `permutation_lm`'s layout; settings:
+    `permutation_lm_settings`' (the bound ones by default)."""
+    settings = {**permutation_lm_settings(), **settings}
+    n = len(residues)
+    if n + 2 > length:
+        raise ValueError(f"{n} residues + <sep> <cls> do not fit in {length} positions")
+    tokens = np.full(length, pad_id, np.int32)
+    tokens[:n + 2] = [*residues, sep_id, cls_id]
+    features = plm.permutation_lm_features(
+        tokens, num_predict, rng, reuse_len=settings["reuse_len"], perm_size=settings["perm_size"],
+        maskable=np.arange(length) < n, mask_alpha=settings["mask_alpha"], mask_beta=settings["mask_beta"],
+        max_gram=settings["max_gram"], functional_ids=(sep_id, cls_id))
+    types = np.full(length, TYPE_PAD, np.int32)
+    types[:n + 1], types[n + 1] = TYPE_SEQUENCE, TYPE_CLS
+    return {"inputs": tokens, "input_mask": (np.arange(length) < n + 2).astype(np.int32), "token_types": types,
+            "perm_mask": features["perm_mask"].astype(np.int32),
+            "target_mapping": features["target_mapping"].astype(np.int32), "targets": features["target"],
+            "target_weights": features["target_weights"].astype(np.int32)}
+
+
+def permutation_lm(dataset: tf.data.Dataset, output_features, sequence_length) -> tf.data.Dataset:
+    """XLNet's permutation LM over cropped residues ("targets", no EOS): the task features.
+
+    inputs (L,): `residues <sep> <cls>` then <pad> up to L = sequence_length["inputs"], padded
+    on the RIGHT. XLNet's tokenizer pads on the left; for this model the two are the same
+    computation: positions enter only as relative distances between query and key, padding
+    is masked out as a key (`input_mask`), and no memory is carried, so every real token's
+    output is unchanged when the padding moves (tests/models/test_xlnet.py checks it against
+    Hugging Face on left-padded inputs). input_mask (L,) 1 on real tokens; token_types (L,);
+    perm_mask (L, L) 1 = may not attend; target_mapping (m, L); targets (m,) and
+    target_weights (m,) for m = sequence_length["targets"] predictions (padding rows 0).
+
+    Deterministic under seqio's seeds: one seed per protein drives numpy's generator, through
+    `tf.numpy_function` (so an iterator over these batches must be dropped before the Python
+    interpreter exits: tf.data's threads cannot call back into a finalising interpreter).
+    """
+    vocabulary = _vocabulary(output_features)
+    length, num_predict = int(sequence_length["inputs"]), int(sequence_length["targets"])
+    settings = {k: v for k, v in permutation_lm_settings().items() if k != "num_predict"}  # the targets length
+    ids = dict(sep_id=_special_id(vocabulary, "<sep>"), cls_id=_special_id(vocabulary, "<cls>"),
+               pad_id=vocabulary.pad_id)
+
+    def features(residues: np.ndarray, seed: np.ndarray):
+        rng = np.random.default_rng(np.asarray(seed).astype(np.int64) & 0xFFFFFFFF)
+        out = permutation_lm_example(residues, length, num_predict, rng, **ids, **settings)
+        return tuple(out[name] for name in PERMUTATION_LM_FEATURES)
+
+    shapes = {"perm_mask": (length, length), "target_mapping": (num_predict, length), "targets": (num_predict,),
+              "target_weights": (num_predict,)}
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def corrupt(example, seed):
+        values = tf.numpy_function(features, [example["targets"], seed], [tf.int32] * len(PERMUTATION_LM_FEATURES),
+                                   stateful=False)
+        out = dict(zip(PERMUTATION_LM_FEATURES, values))
+        for name, value in out.items():
+            value.set_shape(shapes.get(name, (length,)))
+        return out
+
+    return corrupt(dataset)

@@ -18,11 +18,11 @@ from typing import Callable
 import seqio
 
 from prottrans_jax.data import objectives, preprocessors, stream
-from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter,
-                                                   EncoderMLMFeatureConverter)
+from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter, EncoderMLMFeatureConverter,
+                                                   PermutationLMFeatureConverter)
 from prottrans_jax.errors import UserError
 from prottrans_jax.vocab import (ProteinVocabulary, prot_albert_vocabulary, prot_bert_vocabulary,
-                                 prot_t5_vocabulary, prot_txl_vocabulary)
+                                 prot_t5_vocabulary, prot_txl_vocabulary, prot_xlnet_vocabulary)
 
 # The masked-positions flag: a pass-through feature whose EOS is NOT_CHOSEN, so seqio's
 # append_eos_after_trim keeps it aligned with the targets.
@@ -112,6 +112,27 @@ def _encoder_lengths(inputs_length: int, targets_length: int | None) -> dict[str
     return {"inputs": inputs_length, "targets": inputs_length, "mlm_weights": inputs_length}
 
 
+_FLAGS = seqio.PassThroughVocabulary(5)
+
+
+def _permutation_lm_features() -> dict[str, seqio.Feature]:
+    """XLNet's features; every one is already framed and padded (add_eos False)."""
+    vocabulary = prot_xlnet_vocabulary()
+    flag = lambda rank=1: seqio.Feature(_FLAGS, add_eos=False, rank=rank)  # noqa: E731
+    return {"inputs": seqio.Feature(vocabulary, add_eos=False), "targets": seqio.Feature(vocabulary, add_eos=False),
+            "input_mask": flag(), "token_types": flag(), "perm_mask": flag(2), "target_mapping": flag(2),
+            "target_weights": flag()}
+
+
+def _permutation_lm_lengths(inputs_length: int, targets_length: int | None) -> dict[str, int]:
+    """Every feature's first dimension: L for the positions, num_predict for the targets
+    (targets_length, or the one `objectives.permutation_lm_settings` gives for L)."""
+    num_predict = targets_length or objectives.permutation_lm_num_predict(inputs_length)
+    return {"inputs": inputs_length, "input_mask": inputs_length, "token_types": inputs_length,
+            "perm_mask": inputs_length, "target_mapping": num_predict, "targets": num_predict,
+            "target_weights": num_predict}
+
+
 register_objective(Objective(
     name="prott5_denoise",
     vocabulary=prot_t5_vocabulary,
@@ -165,4 +186,13 @@ register_objective(Objective(  # ProtTXL: next-token prediction over a stream (d
     preprocessors=lambda: [stream.mark_residues, seqio.preprocessors.append_eos],
     feature_converter_cls=stream.StreamFeatureConverter,
     feature_lengths=lambda inputs_length, targets_length: {"targets": inputs_length},  # the segment
+))
+register_objective(Objective(  # XLNet's permutation LM, one protein per row (ProtXLNet)
+    name="permutation_lm",
+    vocabulary=prot_xlnet_vocabulary,
+    output_features=_permutation_lm_features,
+    preprocessors=lambda: [functools.partial(preprocessors.random_crop, reserved=2),
+                           objectives.permutation_lm],
+    feature_converter_cls=PermutationLMFeatureConverter,
+    feature_lengths=_permutation_lm_lengths,
 ))

@@ -19,26 +19,38 @@ starts from `mask_emb` for each of the m predictions and attends to the content 
 `perm_mask[b, i, j] = 1`: i may not attend to j (Hugging Face's convention). The output is
 then the query stream's (b, m, d) and the logits those of the m targets.
 
-Inputs follow XLNet's framing (the tokenizer's): padding on the LEFT, `residues <sep> <cls>`
-at the end; `attention_mask` 1 on real tokens. The vocabulary (spiece.model, ids 0-8 special:
-<unk> 0, <s> 1, </s> 2, <cls> 3, <sep> 4, <pad> 5, <mask> 6, <eod> 7, <eop> 8; X has no
-piece and encodes to <unk>) is the next step's, with the perm-LM pre-training model.
+Inputs follow XLNet's framing (the tokenizer's): `residues <sep> <cls>` at the end, token
+types 0 for the residues and <sep>, 2 for <cls>; `attention_mask` 1 on real tokens. XLNet's
+tokenizer pads on the LEFT; the pipelines here pad on the right, which computes the same for
+every real token (relative positions, padding masked as keys, no memory: objectives.py
+`permutation_lm`). The vocabulary (vocab.py `prot_xlnet_vocabulary`; an import reads the
+shipped spiece.model): ids 0-8 special (<unk> 0, <s> 1, </s> 2, <cls> 3, <sep> 4, <pad> 5,
+<mask> 6, <eod> 7, <eop> 8); X has no piece and encodes to <unk>.
+
+`XLNetPermutationLMModel` is the trainer's `PretrainModel` (XLNet's permutation LM: the
+cross-entropy of the query stream's logits at `target_mapping`'s positions, each target seeing
+what `perm_mask` lets it see); `XLNetEncoder` embeds with the content stream, no perm mask.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from prottrans_jax import families
+from prottrans_jax.data.feature_converters import PermutationLMFeatureConverter
 from prottrans_jax.errors import UserError
+from prottrans_jax.models.base import Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.relative_attention import (ATTN_TYPES, RelativeConfig, RelativeStack, TiedLmHead,
                                                      causal_visibility, checked_memory, relative_position_embedding,
                                                      visibility_to_bias, word_embedding)
+from prottrans_jax.vocab import ProteinVocabulary, prot_xlnet_vocabulary
 
 # zihangdai/xlnet data_utils.py `special_symbols`, hard-coded in the training code.
 SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<cls>": 3, "<sep>": 4, "<pad>": 5, "<mask>": 6,
@@ -166,3 +178,124 @@ def init_params(config: XLNetConfig, rng: jax.Array) -> Any:
     tokens = jnp.ones((2, 4), jnp.int32)
     return XLNet(config).init({"params": rng}, tokens, None, jnp.zeros_like(tokens), None,
                               jnp.eye(4, dtype=jnp.float32)[None, :2].repeat(2, 0))["params"]
+
+
+# -------------------------------------------------------------------------------- pre-training
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class XLNetPermutationLMModel:
+    """ProtXLNet's pre-training as the trainer sees it: XLNet's permutation LM on
+    `objectives.permutation_lm`'s features (PermutationLMFeatureConverter's batches).
+
+    Every target is hidden from the model (a target never sees itself), so `accuracy` and
+    `masked_accuracy` coincide; both are kept for the demo and the other families' reports.
+    Memory (mem_len) is not carried between steps here: each row is one protein.
+    """
+
+    config: XLNetConfig = dataclasses.field(default_factory=XLNetConfig)
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+
+    family = "prot_xlnet"
+    feature_converter_cls = PermutationLMFeatureConverter
+    headline_metrics = ("loss", "accuracy")
+
+    @property
+    def module(self) -> XLNet:
+        return XLNet(self.config)
+
+    def init_params(self, rng: jax.Array) -> Any:
+        return init_params(self.config, rng)
+
+    def logits(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+        """(b, num_predict, vocab) float32: the query stream's logits at the targets."""
+        logits, _ = self.module.apply(
+            {"params": params}, batch["encoder_input_tokens"], batch["attention_mask"], batch["token_types"],
+            batch["perm_mask"], batch["target_mapping"], None, not train,
+            rngs={"dropout": rng} if train else None)
+        return logits
+
+    def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
+                         train: bool) -> tuple[jax.Array, Metrics]:
+        logits = self.logits(params, batch, rng, train)
+        weights = batch["target_weights"]
+        loss_sum, metrics = token_metrics(logits, batch["target_tokens"], weights, weights,
+                                          self.label_smoothing, self.z_loss)
+        metrics["sequences"] = Sum(count_sequences(batch["attention_mask"], None))
+        return loss_sum, metrics
+
+    def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return batch["target_tokens"], batch["target_weights"]
+
+    def flops_per_batch(self, batch: Mapping[str, Any]) -> float:
+        """Model FLOPs of one training step (3x the forward: forward + 2x backward):
+
+            3 * (rows * (2 * (L * layers * (4 d a + 2 d f) + m * layers * (2 d a + 2 d f) + m d V)
+                         + layers * (16 a L^2 + 4 a m L))
+                 + layers * 2 * 2L * d a)
+
+        a = heads * head_dim, L the length, m = num_predict. The content stream runs every
+        projection and the FFN over L tokens; the query stream only q, o and the FFN over its
+        m predictions, but its attention, moved to the target positions as XLNet does, scores
+        all L queries: per stream and layer 2a L^2 each for content scores (ac), position
+        scores over 2L distances (bd, 2x) and the weighted values; 4 a m L moves q and the
+        output between the m predictions and L positions. The LM head sees the m targets;
+        the relative-position projection (2L distances) runs once per batch.
+        """
+        cfg = self.config
+        rows, length = batch["encoder_input_tokens"].shape
+        predictions = batch["target_mapping"].shape[1]
+        d, f, a, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_layers
+        dense = (length * layers * (4 * d * a + 2 * d * f) + predictions * layers * (2 * d * a + 2 * d * f)
+                 + predictions * d * cfg.vocab_size)
+        attention = layers * (16 * a * length ** 2 + 4 * a * predictions * length)
+        positions = layers * 2 * (2 * length) * d * a
+        return float(3 * (rows * (2 * dense + attention) + positions))
+
+
+# -------------------------------------------------------------------------------- embedding
+
+
+@dataclasses.dataclass(frozen=True)
+class XLNetEncoder:
+    """ProtXLNet embeddings: the content stream's last hidden states over `residues <sep> <cls>`,
+    no perm mask and no token types, as ProtTrans' notebook and `model(**tokenizer(...))` in
+    transformers 5 (whose XLNetTokenizer returns no token_type_ids) compute them; pre-training
+    passes XLNet's token types (objectives.permutation_lm). Proteins are padded on the right
+    (inference.py): the same outputs as XLNet's left padding.
+    """
+
+    config: XLNetConfig
+    part: str = "encoder"
+
+    PARTS: ClassVar[tuple[str, ...]] = ("encoder",)
+    param_keys = ("word_embedding", "mask_emb", "stack")  # the converter's "encoder" part (XLNetModel)
+
+    @property
+    def width(self) -> int:
+        return self.config.hidden_size
+
+    def framing(self, vocabulary: ProteinVocabulary) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (), (vocabulary.pieces.index("<sep>"), vocabulary.pieces.index("<cls>"))
+
+    def hidden_states(self, params: Any, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+        hidden, _ = XLNet(self.config).apply({"params": params}, tokens, valid.astype(jnp.int32), method="encode")
+        return hidden
+
+    def token_embedding(self, params: Any) -> np.ndarray:
+        return np.asarray(params["word_embedding"]["embedding"], np.float32)
+
+
+families.register(families.Family(
+    name=XLNetPermutationLMModel.family,
+    config_cls=XLNetConfig,
+    hf_model_types=("xlnet",),
+    pretrain_model=lambda config: XLNetPermutationLMModel(config),
+    encoder=XLNetEncoder,
+    converter_module="prottrans_jax.convert.xlnet",
+    default_vocabulary=prot_xlnet_vocabulary,
+    paper_model="ProtXLNet",
+))

@@ -93,3 +93,39 @@ def test_mismatches_are_one_line_errors_naming_the_key():
         xlnet_convert.config_from_hf({"untie_r": False})
     with pytest.raises(ValueError, match="XLNet part 'generator'"):
         xlnet_convert.flax_to_hf({}, config, "generator")
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+
+def test_the_written_spiece_model_loads_in_transformers_with_our_ids(tmp_path):
+    """XLNetTokenizer on our spiece.model: the vocabulary's ids, `<sep> <cls>` appended, padding
+    on the left with <pad> 5; X has no piece (<unk> 0); the table reads back as the built-in one."""
+    from prottrans_jax.vocab import prot_xlnet_vocabulary
+
+    vocabulary = prot_xlnet_vocabulary()
+    xlnet_convert.write_tokenizer(str(tmp_path))
+    for tokenizer in (transformers.XLNetTokenizer.from_pretrained(str(tmp_path)),
+                      transformers.AutoTokenizer.from_pretrained(str(tmp_path))):
+        assert tokenizer("M K T A").input_ids == [*vocabulary.encode("MKTA"), 4, 3]
+        assert tokenizer("A X C").input_ids == [*vocabulary.encode("A"), 0, *vocabulary.encode("C"), 4, 3]
+        assert tokenizer(["M K", "A C D E"], padding=True).input_ids[0][:2] == [5, 5]
+        assert (tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                tokenizer.pad_token_id, tokenizer.mask_token_id) == (0, 3, 4, 5, 6)
+    pieces = xlnet_convert.tokenizer_pieces(str(tmp_path))
+    assert xlnet_convert.vocabulary_from_pieces(pieces) == vocabulary
+
+
+def test_a_table_that_is_not_xlnets_or_not_per_residue_is_refused(tmp_path):
+    from prottrans_jax.vocab import prot_xlnet_vocabulary
+
+    pieces = list(prot_xlnet_vocabulary().pieces)
+    with pytest.raises(ValueError, match="has no <sep> piece: not an XLNet vocabulary"):
+        xlnet_convert.vocabulary_from_pieces([p if p != "<sep>" else "<s2>" for p in pieces])
+    with pytest.raises(ValueError, match="no '▁'-prefixed piece for residue\\(s\\) W"):
+        xlnet_convert.vocabulary_from_pieces(pieces[:-1])
+    swapped = pieces[:9] + [pieces[10], pieces[9]] + pieces[11:]  # another residue order: its own ids
+    vocabulary = xlnet_convert.vocabulary_from_pieces(swapped, "x")
+    assert vocabulary.encode("LA") == [10, 9] and vocabulary.encode("X") == [0]
+    with pytest.raises(FileNotFoundError, match="no tokenizer file"):
+        xlnet_convert.tokenizer_pieces(str(tmp_path))

@@ -202,3 +202,102 @@ def test_every_parameter_has_logical_axes_and_a_sharded_run_matches():
         logits, new_memory = jax.jit(forward)(sharded, jax.device_put(tokens, partitioner.data_sharding))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(expected_logits), **TOL)
     np.testing.assert_allclose(np.asarray(new_memory), np.asarray(expected_memory), **TOL)
+
+
+# ------------------------------------------------------------------ the permutation-LM model
+
+
+def sample_proteins(count, max_residues, seed=0):
+    """Real sample proteins (UniProtKB), cropped to at most max_residues, as our ids."""
+    from prottrans_jax.fasta import read_fasta
+    from prottrans_jax.vocab import prot_xlnet_vocabulary
+    from tests.conftest import SAMPLE
+
+    vocabulary = prot_xlnet_vocabulary()
+    records = list(read_fasta(SAMPLE))[:count]
+    lengths = np.random.default_rng(seed).integers(max_residues // 2, max_residues + 1, count)
+    return [np.asarray(vocabulary.encode(r.sequence[:n]), np.int32) for r, n in zip(records, lengths)]
+
+
+def permutation_lm_batch(proteins, length, num_predict, seed=0):
+    """The objective's right-padded features for `proteins` (objectives.permutation_lm_example)."""
+    from prottrans_jax.data import feature_converters, objectives
+
+    rng = np.random.default_rng(seed)
+    rows = [objectives.permutation_lm_example(p, length, num_predict, rng, sep_id=4, cls_id=3, pad_id=5)
+            for p in proteins]
+    names = feature_converters._PERMUTATION_LM
+    return {names[key][0]: np.stack([row[key] for row in rows]) for key in objectives.PERMUTATION_LM_FEATURES}
+
+
+def left_padded_batch(batch):
+    """The same examples padded on the left, as XLNet's tokenizer pads (padding type 3)."""
+    out = {key: np.zeros_like(value) for key, value in batch.items()}
+    for row, n in enumerate(batch["attention_mask"].sum(axis=1)):
+        shift = batch["attention_mask"].shape[1] - n
+        for key in ("encoder_input_tokens", "attention_mask", "token_types"):
+            out[key][row] = np.roll(batch[key][row], shift)
+        out["perm_mask"][row] = np.roll(batch["perm_mask"][row], (shift, shift), axis=(0, 1))
+        out["target_mapping"][row] = np.roll(batch["target_mapping"][row], shift, axis=1)
+        for key in ("target_tokens", "target_weights"):
+            out[key][row] = batch[key][row]
+    return out
+
+
+def test_permutation_lm_loss_equals_hf_on_left_padded_real_proteins():
+    """XLNetPermutationLMModel's loss on the objective's right-padded batch of real proteins is
+    XLNetLMHeadModel's loss (labels at target_mapping) on the same examples padded on the left,
+    as XLNet's tokenizer pads: the padding side does not change the computation."""
+    from prottrans_jax.models.xlnet import XLNetPermutationLMModel
+
+    hf_model = random_hf_xlnet("lm", seed=3)
+    config, params = ours(hf_model)
+    batch = permutation_lm_batch(sample_proteins(4, 20), length=24, num_predict=5)
+    assert batch["attention_mask"].sum(axis=1).min() < 24  # some padding
+    model = XLNetPermutationLMModel(config)
+    loss_sum, metrics = model.loss_and_metrics(params, batch, jax.random.key(0), train=False)
+    ours_logits = model.logits(params, batch)
+    left = left_padded_batch(batch)
+    labels = np.where(left["target_weights"] > 0, left["target_tokens"], -100)
+    with torch.no_grad():
+        out = hf_model(input_ids=torch_long(left["encoder_input_tokens"]),
+                       attention_mask=torch.tensor(left["attention_mask"], dtype=torch.float32),
+                       token_type_ids=torch_long(left["token_types"]),
+                       perm_mask=torch.tensor(left["perm_mask"], dtype=torch.float32),
+                       target_mapping=torch.tensor(left["target_mapping"], dtype=torch.float32),
+                       labels=torch_long(labels), use_mems=False)
+    weights = batch["target_weights"] > 0
+    np.testing.assert_allclose(np.asarray(ours_logits)[weights], out.logits.numpy()[weights], **TOL)
+    count = float(metrics["loss"].count)
+    assert count == weights.sum() and float(metrics["target_tokens"].total) == count
+    np.testing.assert_allclose(float(loss_sum) / count, float(out.loss), rtol=1e-5, atol=1e-6)
+    assert float(metrics["masked_accuracy"].count) == count and float(metrics["sequences"].total) == 4
+    targets, hidden = model.masked_targets(batch)
+    assert np.array_equal(targets[hidden > 0], batch["target_tokens"][weights])
+    assert model.flops_per_batch(batch) > 0
+
+
+def test_the_encoder_embeds_the_content_stream_as_hf_xlnet_model():
+    """XLNetEncoder over our right-padded `residues <sep> <cls>`: XLNetModel's last hidden state
+    on each protein alone, called as ProtTrans' notebook calls it (input ids only)."""
+    from prottrans_jax.models.xlnet import XLNetEncoder
+    from prottrans_jax.vocab import prot_xlnet_vocabulary
+
+    hf_model = random_hf_xlnet("model", seed=4)
+    config, params = ours(hf_model, part="encoder")
+    encoder = XLNetEncoder(config)
+    before, after = encoder.framing(prot_xlnet_vocabulary())
+    assert before == () and after == (4, 3)
+    proteins = sample_proteins(3, 12, seed=1)
+    tokens = np.full((3, 16), 5, np.int32)
+    valid = np.zeros((3, 16), bool)
+    for row, p in enumerate(proteins):
+        tokens[row, :len(p) + 2] = [*p, *after]
+        valid[row, :len(p) + 2] = True
+    hidden = np.asarray(encoder.hidden_states({k: params[k] for k in encoder.param_keys}, tokens, valid))
+    assert hidden.shape == (3, 16, 32)
+    for row, p in enumerate(proteins):
+        ids = np.array([[*p, *after]])
+        with torch.no_grad():
+            expected = hf_model(input_ids=torch_long(ids), use_mems=False).last_hidden_state[0].numpy()
+        np.testing.assert_allclose(hidden[row, :len(p) + 2], expected, **TOL)
