@@ -36,8 +36,11 @@ demo: install
 	    --batch_size 2 --inputs_length 128
 	$(PY) -m prottrans_jax.demo --model_dir=$(DEMO_DIR)/model
 
+# 2 worker processes by default (CI has 2 cores; each worker needs up to ~6 GiB): TEST_WORKERS=0
+# runs in one process.
+TEST_WORKERS ?= 2
 test: install system-deps
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 benchmark: install
 	$(PY) benchmarks/builder_throughput.py
