@@ -380,3 +380,21 @@ def random_hf_xlnet(head: str = "lm", seed: int = 0, **overrides):
             else:
                 parameter.normal_(0.0, 0.2)
     return model
+
+
+def run_training(argv):
+    """`train.run(argv)`'s result, asserting that it exited 0 (the trainer tests' runs)."""
+    from prottrans_jax import train as train_lib
+
+    code, result = train_lib.run(argv)
+    assert code == 0
+    return result
+
+
+def assert_trees_equal(a, b):
+    """Bit-identical pytrees: same structure, every leaf equal (resume, round trips)."""
+    import jax
+    import numpy as np
+
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))

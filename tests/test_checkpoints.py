@@ -6,11 +6,11 @@ import signal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from prottrans_jax import checkpoints, optimizers, partitioning
+from tests.conftest import assert_trees_equal
 
 
 class TwoLayer(nn.Module):
@@ -38,10 +38,6 @@ def make_state(partitioner, hidden=32, seed=0):
 def fsdp():
     return partitioning.Partitioner(mesh_shape=(4, 2),
                                     logical_axis_rules=partitioning.FSDP_TENSOR_PARALLEL)
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
 def one_line(error):

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ import tasks
 from prottrans_jax import checkpoints, training
 from prottrans_jax import train as train_lib
 from prottrans_jax.data.dataset import get_task, task_feature_lengths
-from tests.conftest import ONE_DEVICE, short_protein_corpus
+from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training, short_protein_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -38,20 +37,10 @@ def flags(model_dir, steps, *extra):
             "--gin.train.eval_interval=None", "--gin.train.log_every=2", *extra]
 
 
-def run_ok(argv):
-    code, result = train_lib.run(argv)
-    assert code == 0
-    return result
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
-
-
 @pytest.fixture(scope="module")
 def straight_run(corpus, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("straight")
-    return model_dir, run_ok(flags(model_dir, 6, *SMALLER))
+    return model_dir, run_training(flags(model_dir, 6, *SMALLER))
 
 
 @pytest.mark.slow
@@ -59,10 +48,10 @@ def test_stop_and_resume_equals_an_uninterrupted_run(straight_run, tmp_path, mon
     _, straight = straight_run
     with monkeypatch.context() as patch:  # a preemption after step 3
         patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
-        first = run_ok(flags(tmp_path, 6, *SMALLER))
+        first = run_training(flags(tmp_path, 6, *SMALLER))
     assert first["preempted"] and first["step"] == 3
     assert checkpoints.Checkpointer(tmp_path).all_steps() == [3]
-    resumed = run_ok(flags(tmp_path, 6, *SMALLER))
+    resumed = run_training(flags(tmp_path, 6, *SMALLER))
     assert resumed["step"] == 6 and int(resumed["state"]["step"]) == 6
     assert_trees_equal(resumed["state"], straight["state"])  # params, optimizer state: bit-identical
     assert (tmp_path / "operative_config.gin").read_text().count("T5Config.d_model = 32") == 1
@@ -84,7 +73,7 @@ def test_resumed_input_stream_continues_where_it_stopped(corpus):
 
 @pytest.mark.slow
 def test_tiny_model_overfits_32_real_proteins(corpus, tmp_path):
-    result = run_ok(flags(tmp_path, 300, "--gin.train.eval_interval=300",
+    result = run_training(flags(tmp_path, 300, "--gin.train.eval_interval=300",
                           "--gin.train.log_every=100", "--gin.T5Config.dropout_rate=0.0", *ONE_DEVICE))
     before, after = result["eval"][0], result["eval"][-1]
     assert before["masked_accuracy"] < 0.2
@@ -286,7 +275,7 @@ def test_sigterm_is_saved_within_a_few_steps_of_the_signal(corpus, tmp_path, mon
 
     monkeypatch.setattr(trainer_lib.Trainer, "train_step", step_then_signal)
     monkeypatch.setattr(checkpoints.Checkpointer, "save_now", timed_save)
-    result = run_ok(flags(tmp_path, 100000, *SMALLER, *ONE_DEVICE, "--gin.train.log_every=100000",
+    result = run_training(flags(tmp_path, 100000, *SMALLER, *ONE_DEVICE, "--gin.train.log_every=100000",
                           "--gin.train.checkpoint_interval=100000"))
     assert result["preempted"] and result["step"] == 40
     assert "stop requested: checkpoint saved at step 40" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from prottrans_jax import checkpoints, model_dir as model_dir_lib
 from prottrans_jax import train as train_lib
 from prottrans_jax.convert import bert as bert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
-from tests.conftest import ONE_DEVICE, random_hf_bert, short_protein_corpus
+from tests.conftest import ONE_DEVICE, assert_trees_equal, random_hf_bert, run_training, short_protein_corpus
 
 BERT_GIN = "--gin_file=gin/experiments/prot_bert_tiny_sample.gin"
 T5_GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -43,20 +43,10 @@ def bert_flags(model_dir, steps, *extra, **kwargs):
     return flags(BERT_GIN, model_dir, steps, "short_bert_mlm", *SMALL_BERT, *extra, **kwargs)
 
 
-def run_ok(argv):
-    code, result = train_lib.run(argv)
-    assert code == 0
-    return result
-
-
 def one_line_error(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
 # ------------------------------------------------------------------ a task that does not fit
@@ -83,15 +73,15 @@ def test_a_vocabulary_larger_than_the_model_is_refused(corpus, tmp_path, capsys)
 @pytest.fixture(scope="module")
 def straight_bert(corpus, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("bert_straight")
-    return model_dir, run_ok(bert_flags(model_dir, 6))
+    return model_dir, run_training(bert_flags(model_dir, 6))
 
 
 def test_bert_stop_and_resume_equals_an_uninterrupted_run(straight_bert, tmp_path, monkeypatch):
     model_dir, straight = straight_bert
     with monkeypatch.context() as patch:  # a preemption after step 3
         patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
-        assert run_ok(bert_flags(tmp_path, 6))["preempted"]
-    resumed = run_ok(bert_flags(tmp_path, 6))
+        assert run_training(bert_flags(tmp_path, 6))["preempted"]
+    resumed = run_training(bert_flags(tmp_path, 6))
     assert resumed["step"] == 6
     assert_trees_equal(resumed["state"], straight["state"])  # bit-identical
     stored = json.loads((model_dir / "model.json").read_text())
@@ -113,7 +103,7 @@ def test_a_second_phase_continues_with_new_lengths_and_batch_size(straight_bert,
     line = one_line_error(capsys)
     assert code == 1 and "was trained with batch_size 8; this run has 16" in line
     assert "train.phase = 2" in line
-    phase_two = run_ok(bert_flags(model_dir, 10, "--gin.train.phase=2", batch=16, length=128))
+    phase_two = run_training(bert_flags(model_dir, 10, "--gin.train.phase=2", batch=16, length=128))
     assert phase_two["step"] == 10 and int(phase_two["state"]["step"]) == 10
     assert phase_two["feature_lengths"]["inputs"] == 128 and phase_two["host_batch"] == 16
     counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(phase_two["state"]["opt_state"])[0]
@@ -142,7 +132,7 @@ def test_tiny_bert_overfits_32_real_proteins(corpus, tmp_path):
     """gin/models/bert/tiny.gin memorises 32 proteins: the residues behind the [MASK] tokens
     of the evaluation masks, which differ from every training mask, come back (0.75 measured;
     BERT needs more steps than ProtT5's denoiser, whose decoder sees the residues before)."""
-    result = run_ok(flags(BERT_GIN, tmp_path, 500, "short_bert_mlm", "--gin.train.eval_interval=500",
+    result = run_training(flags(BERT_GIN, tmp_path, 500, "short_bert_mlm", "--gin.train.eval_interval=500",
                           "--gin.train.log_every=250",
                           "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.02",
                           "--gin.optimizers.warmup_decay_schedule.warmup_steps=50",
@@ -163,7 +153,7 @@ def restored_params(model_dir, step):
 
 def test_continued_pre_training_starts_from_released_bert_weights(corpus, tiny_bert_hf_dir, tmp_path):
     hf_dir = tiny_bert_hf_dir("pretraining", 0)
-    run_ok(bert_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'",
+    run_training(bert_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'",
                       "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.0",
                       "--gin.BertConfig.hidden_dropout_prob=0.0", "--gin.BertConfig.attention_dropout_prob=0.0"))
     state_dict = load_hf_state_dict(hf_dir)
@@ -260,11 +250,11 @@ def electra_flags(model_dir, steps, *extra, **kwargs):
 
 def test_electra_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
     """The generator's samples come from each step's rng: a resumed run draws the same ones."""
-    straight = run_ok(electra_flags(tmp_path / "straight", 6))
+    straight = run_training(electra_flags(tmp_path / "straight", 6))
     with monkeypatch.context() as patch:  # a preemption after step 3
         patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
-        assert run_ok(electra_flags(tmp_path / "m", 6))["preempted"]
-    resumed = run_ok(electra_flags(tmp_path / "m", 6))
+        assert run_training(electra_flags(tmp_path / "m", 6))["preempted"]
+    resumed = run_training(electra_flags(tmp_path / "m", 6))
     assert resumed["step"] == 6
     assert_trees_equal(resumed["state"], straight["state"])  # bit-identical
     stored = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -279,7 +269,7 @@ def test_tiny_electra_overfits_32_real_proteins(corpus, tmp_path):
     the generator's plausible mistakes): in a test's time it learns the replaced fraction, its
     loss from ln 2 to that prior's entropy; finding the replaced tokens takes thousands of
     steps (measured: 1,500 steps, recall 6% at precision 1.0)."""
-    result = run_ok(flags(ELECTRA_GIN, tmp_path, 600, "short_electra_mlm", "--gin.train.eval_interval=600",
+    result = run_training(flags(ELECTRA_GIN, tmp_path, 600, "short_electra_mlm", "--gin.train.eval_interval=600",
                           "--gin.train.log_every=300", "--gin.ElectraConfig.generator_hidden_size=64",
                           "--gin.ElectraConfig.generator_num_heads=4",
                           "--gin.ElectraConfig.generator_intermediate_size=256",
@@ -301,7 +291,7 @@ def test_continued_pre_training_starts_from_released_electra_weights(corpus, tin
     from prottrans_jax.convert.hf_dir import load_hf_dir
 
     hf_dir = tiny_electra_hf_dir(0)
-    run_ok(electra_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'",
+    run_training(electra_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'",
                          "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.0",
                          "--gin.ElectraConfig.hidden_dropout_prob=0.0",
                          "--gin.ElectraConfig.attention_dropout_prob=0.0"))
@@ -327,11 +317,11 @@ def test_xlnet_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, mon
     """Each protein's factorisation order comes from seqio's seeds: a resumed run sees the
     same permutations, targets and dropout, so its state is the straight run's, bit for bit."""
     dropout = ["--gin.XLNetConfig.dropout_prob=0.1", "--gin.XLNetConfig.attention_dropout_prob=0.1"]
-    straight = run_ok(xlnet_flags(tmp_path / "straight", 6, *dropout))
+    straight = run_training(xlnet_flags(tmp_path / "straight", 6, *dropout))
     with monkeypatch.context() as patch:  # a preemption after step 3
         patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
-        assert run_ok(xlnet_flags(tmp_path / "m", 6, *dropout))["preempted"]
-    resumed = run_ok(xlnet_flags(tmp_path / "m", 6, *dropout))
+        assert run_training(xlnet_flags(tmp_path / "m", 6, *dropout))["preempted"]
+    resumed = run_training(xlnet_flags(tmp_path / "m", 6, *dropout))
     assert resumed["step"] == 6
     assert_trees_equal(resumed["state"], straight["state"])  # bit-identical
     stored = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -349,7 +339,7 @@ def test_xlnet_continues_from_hf_weights_and_refuses_another_family(corpus, tiny
     hf_dir = tmp_path / "hf"
     random_hf_xlnet("lm", 2).save_pretrained(hf_dir)
     xlnet_convert.write_tokenizer(str(hf_dir))
-    run_ok(xlnet_flags(tmp_path / "m", 1, f"--gin.train.init_from_hf='{hf_dir}'",
+    run_training(xlnet_flags(tmp_path / "m", 1, f"--gin.train.init_from_hf='{hf_dir}'",
                        "--gin.XLNetConfig.vocab_size=30",
                        "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.0",
                        "--gin.optimizers.warmup_decay_schedule.end_learning_rate=0.0"))

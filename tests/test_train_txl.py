@@ -19,7 +19,7 @@ from prottrans_jax.models.transfo_xl import TransfoXL, TransfoXLCausalLMModel, T
 from prottrans_jax.partitioning import unbox_shapes
 from prottrans_jax.trainer import Trainer
 from prottrans_jax.vocab import prot_txl_vocabulary
-from tests.conftest import ONE_DEVICE, short_protein_corpus
+from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training, short_protein_corpus
 
 TINY = TransfoXLConfig(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=64,
                        dropout_prob=0.1, attention_dropout_prob=0.0, mem_len=8, dtype="float32")
@@ -130,20 +130,10 @@ def flags(model_dir, steps, *extra):
             "--gin.train.checkpoint_interval=100", *SMALL, *ONE_DEVICE, *extra]
 
 
-def run_ok(argv):
-    code, result = train_lib.run(argv)
-    assert code == 0
-    return result
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
-
-
 @pytest.fixture(scope="module")
 def straight_txl(corpus, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("txl_straight")
-    return model_dir, run_ok(flags(model_dir, 6))
+    return model_dir, run_training(flags(model_dir, 6))
 
 
 def test_stop_and_resume_with_the_carried_memory_equals_an_uninterrupted_run(straight_txl, tmp_path, monkeypatch):
@@ -153,9 +143,9 @@ def test_stop_and_resume_with_the_carried_memory_equals_an_uninterrupted_run(str
     assert np.asarray(straight["carry"]["valid"]).all()
     with monkeypatch.context() as patch:
         patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
-        first = run_ok(flags(tmp_path, 6))
+        first = run_training(flags(tmp_path, 6))
     assert first["preempted"] and (tmp_path / "3" / checkpoints.CARRY).is_dir()
-    resumed = run_ok(flags(tmp_path, 6))
+    resumed = run_training(flags(tmp_path, 6))
     assert resumed["step"] == 6
     assert_trees_equal(resumed["state"], straight["state"])
     assert_trees_equal(resumed["carry"], straight["carry"])
@@ -167,7 +157,7 @@ def test_a_new_phase_starts_with_an_empty_memory(straight_txl, tmp_path):
     import shutil
 
     shutil.copytree(straight_txl[0], tmp_path / "m")
-    result = run_ok(flags(tmp_path / "m", 7, "--gin.train.phase=2", "--gin.BATCH_SIZE=8"))
+    result = run_training(flags(tmp_path / "m", 7, "--gin.train.phase=2", "--gin.BATCH_SIZE=8"))
     assert result["step"] == 7 and np.asarray(result["carry"]["memory"]).shape[0] == 8
 
 

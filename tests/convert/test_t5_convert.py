@@ -16,7 +16,7 @@ from prottrans_jax.convert.hf_io import load_hf_config, load_hf_state_dict, save
 from prottrans_jax.convert.t5 import config_from_hf, flax_to_hf, hf_config_from, hf_to_flax, load_hf_t5
 from prottrans_jax.models.gin_utils import config_from_gin
 from prottrans_jax.models.t5 import T5, T5Config, abstract_variables, shift_right
-from tests.conftest import numpy_state_dict
+from tests.conftest import assert_trees_equal, numpy_state_dict
 
 # Same dimensions and batch shapes as tests/models/test_t5.py (shared eager op cache).
 HF_BASE = dict(
@@ -50,11 +50,6 @@ def random_params(config: T5Config, seed: int = 0) -> dict:
     values = [rng.normal(0.0, 1.0 / np.sqrt(x.shape[-2]) if x.ndim >= 2 else 1.0, x.shape).astype(np.float32) for x in leaves]
     values = [v if v.ndim >= 2 else np.abs(v) + 0.5 for v in values]  # norm scales: positive, not 1
     return jax.tree.unflatten(treedef, values)
-
-
-def assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
 # ------------------------------------------------------------------------------ round trips
