@@ -1,7 +1,7 @@
 """Train-step throughput: our jitted step vs the Hugging Face (PyTorch) model, same config, one run.
 
     python benchmarks/train_throughput.py [--family t5|bert|albert|electra|xlnet|txl|all] [--steps 10] \
-        [--repeats 3] [--size auto|cpu|base]
+        [--repeats 3] [--size auto|cpu|base] [--torch_threads N]
 
 For each family, the same config on both sides (no dropout), the same batch (unpacked rows),
 AdamW (lr 1e-4, weight decay 0.01: the optimizer both libraries ship):
@@ -32,7 +32,8 @@ The two sides run interleaved, `--repeats` rounds of `--steps` steps each (after
 and a warm-up), and the JSON reports each side's min and median step time, the ratio of the
 medians (and of the minimums), and the machine's 1/5/15-minute load average before and
 after (`benchmarks/timing.py`): a ratio measured on a busy machine says little (PyTorch's
-threads suffer more from contention than XLA's).
+threads suffer more from contention than XLA's; on a loaded 2-core machine `taskset -c 1`
+with `--torch_threads 1` puts both sides on one core).
 """
 
 from __future__ import annotations
@@ -379,19 +380,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per side")
     parser.add_argument("--size", choices=["auto", "cpu", "base"], default="auto")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="CPU: PyTorch's threads (default: os.cpu_count(); 1 with `taskset -c 1` pins both "
+                             "sides to one core, so that contention hits them alike)")
     args = parser.parse_args()
     import torch
 
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     size = args.size if args.size != "auto" else ("base" if on_gpu else "cpu")
     if not on_gpu:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     families = list(SIZES) if args.family == "all" else [args.family]
     result = {
         "benchmark": "train_throughput",
         "device": jax.devices()[0].device_kind,
         "host": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "size": size,
         "optimizer": "AdamW lr 1e-4 wd 0.01 (optax.adamw / torch.optim.AdamW)",
         **{family: measure(family, size, args.steps, args.repeats, "cuda" if on_gpu else "cpu")
