@@ -1,7 +1,7 @@
 """Train-step throughput: our jitted step vs the Hugging Face (PyTorch) model, same config, one run.
 
-    python benchmarks/train_throughput.py [--family t5|bert|albert|electra|all] [--steps 10] [--repeats 3] \
-        [--size auto|cpu|base]
+    python benchmarks/train_throughput.py [--family t5|bert|albert|electra|xlnet|txl|all] [--steps 10] \
+        [--repeats 3] [--size auto|cpu|base] [--torch_threads N]
 
 For each family, the same config on both sides (no dropout), the same batch (unpacked rows),
 AdamW (lr 1e-4, weight decay 0.01: the optimizer both libraries ship):
@@ -14,6 +14,16 @@ AdamW (lr 1e-4, weight decay 0.01: the optimizer both libraries ship):
 - electra: our ProtElectra (`ElectraPretrainModel`: generator MLM, samples, discriminator) vs
   the same step written with `ElectraForMaskedLM` and `ElectraForPreTraining` sharing their
   embeddings (transformers has no ELECTRA pre-training class): MLM + 50 x replaced-token BCE.
+- xlnet: our ProtXLNet (`XLNetPermutationLMModel`: two-stream attention, permutation-LM loss)
+  vs `XLNetLMHeadModel`, the same perm_mask / target_mapping batch (`objectives.
+  permutation_lm_example` per row: full rows, `permutation_lm_num_predict` targets, labels
+  -100 on padding targets); no memory; tokens = input tokens.
+- txl: our ProtTXL (`TransfoXLCausalLMModel`, memory of `mem_len` tokens carried step to
+  step in the train state) vs its trusted reference, `XLNetLMHeadModel(attn_type="uni",
+  bi_data=False, ff_activation="relu", untie_r=True)` (XLNetModel plus the tied LM head)
+  with `use_mems_train` and each step's `mems` fed to the next; both without the sqrt(d)
+  embedding scale, as the parity tests; the batch is `stream.stream_rows`' first; tokens =
+  segment tokens. Both sides attend to a full memory from the second warm-up step on.
 CPU: a small config in float32. GPU (when JAX and torch both see one): base size (T5-base,
 BERT-base), 512 tokens, bfloat16 compute (ours: float32 params + bf16 compute; HF:
 torch.autocast bf16), plus MFU from each model's own FLOPs formula (`flops_per_batch`).
@@ -22,7 +32,8 @@ The two sides run interleaved, `--repeats` rounds of `--steps` steps each (after
 and a warm-up), and the JSON reports each side's min and median step time, the ratio of the
 medians (and of the minimums), and the machine's 1/5/15-minute load average before and
 after (`benchmarks/timing.py`): a ratio measured on a busy machine says little (PyTorch's
-threads suffer more from contention than XLA's).
+threads suffer more from contention than XLA's; on a loaded 2-core machine `taskset -c 1`
+with `--torch_threads 1` puts both sides on one core).
 """
 
 from __future__ import annotations
@@ -44,11 +55,15 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from prottrans_jax import partitioning  # noqa: E402
+from prottrans_jax.data import objectives  # noqa: E402
+from prottrans_jax.data.stream import stream_rows  # noqa: E402
 from prottrans_jax.models.albert import AlbertConfig, AlbertMLMModel  # noqa: E402
 from prottrans_jax.models.bert import BertConfig, BertMLMModel  # noqa: E402
 from prottrans_jax.models.electra import ElectraConfig, ElectraPretrainModel  # noqa: E402
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E402
 from prottrans_jax.models.t5 import T5Config  # noqa: E402
+from prottrans_jax.models.transfo_xl import TransfoXLCausalLMModel, TransfoXLConfig  # noqa: E402
+from prottrans_jax.models.xlnet import SPECIAL_IDS, XLNetConfig, XLNetPermutationLMModel  # noqa: E402
 from prottrans_jax.trainer import Trainer, peak_flops_per_device  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
@@ -80,7 +95,20 @@ SIZES = {
                      generator_hidden_size=256, generator_num_heads=4, generator_intermediate_size=1024,
                      generator_num_layers=12, dtype="bfloat16", batch=32, length=512),
     },
+    "xlnet": {  # BERT's CPU sizes (head_dim = hidden / heads, as XLNetConfig requires); XLNet-base
+        "cpu": dict(hidden_size=128, num_heads=4, head_dim=32, intermediate_size=512, num_layers=2,
+                    dtype="float32", batch=8, length=256),
+        "base": dict(hidden_size=768, num_heads=12, head_dim=64, intermediate_size=3072, num_layers=12,
+                     dtype="bfloat16", batch=32, length=512),
+    },
+    "txl": {  # the same sizes; memory: the tiny gin's 32 tokens on CPU, base.gin's 512 on GPUs
+        "cpu": dict(hidden_size=128, num_heads=4, head_dim=32, intermediate_size=512, num_layers=2,
+                    mem_len=32, dtype="float32", batch=8, length=256),
+        "base": dict(hidden_size=768, num_heads=12, head_dim=64, intermediate_size=3072, num_layers=12,
+                     mem_len=512, dtype="bfloat16", batch=32, length=512),
+    },
 }
+XLNET_VOCAB = TXL_VOCAB = 32  # the gin files' vocab_size (UNVERIFIED there; any size times the same)
 
 
 # ------------------------------------------------------------------------------ batches
@@ -106,6 +134,33 @@ def bert_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
             "encoder_loss_weights": chosen.astype(np.int32), "encoder_masked_weights": chosen.astype(np.int32)}
 
 
+def xlnet_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full rows (`residues <sep> <cls>`) with XLNet's permutation-LM features, as the
+    PermutationLMFeatureConverter names them."""
+    rng = np.random.default_rng(seed)
+    num_predict = objectives.permutation_lm_num_predict(length)
+    rows = [objectives.permutation_lm_example(rng.integers(9, 29, length - 2), length, num_predict, rng,
+                                              sep_id=SPECIAL_IDS["<sep>"], cls_id=SPECIAL_IDS["<cls>"],
+                                              pad_id=SPECIAL_IDS["<pad>"]) for _ in range(batch)]
+    names = {"inputs": "encoder_input_tokens", "input_mask": "attention_mask", "token_types": "token_types",
+             "perm_mask": "perm_mask", "target_mapping": "target_mapping", "targets": "target_tokens",
+             "target_weights": "target_weights"}
+    return {model_name: np.stack([row[name] for row in rows]) for name, model_name in names.items()}
+
+
+def txl_batch(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The first rows x length segment of a stream of random proteins, each ended by <eos> (2, prot_txl_vocabulary)."""
+    rng = np.random.default_rng(seed)
+
+    def proteins():
+        while True:
+            residues = rng.integers(3, 28, int(rng.integers(50, 500))).astype(np.int32)
+            yield {"targets": np.append(residues, 2),
+                   "targets_masked": np.append(np.full(len(residues), objectives.CHOSEN), 0)}
+
+    return next(stream_rows(proteins(), batch, length))
+
+
 # ------------------------------------------------------------------------------ ours
 
 
@@ -114,7 +169,8 @@ class Ours:
 
     def __init__(self, model, batch: dict):
         self.partitioner = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
-        self.trainer = Trainer(model, optax.adamw(1e-4, weight_decay=0.01), self.partitioner)
+        self.trainer = Trainer(model, optax.adamw(1e-4, weight_decay=0.01), self.partitioner,
+                               batch_size=len(next(iter(batch.values()))))  # sizes a carry (txl's memory)
         self.state = self.trainer.init_state()
         self.flops = model.flops_per_batch(batch)
         with self.partitioner.context():
@@ -137,14 +193,35 @@ class Ours:
 
 
 class HF:
-    """The same step in PyTorch: forward, backward, AdamW; `time(steps)` -> seconds per step."""
+    """The same step in PyTorch: forward, backward, AdamW; `time(steps)` -> seconds per step.
+    For txl each step's `mems` (detached by transformers) feed the next."""
 
     def __init__(self, family: str, config, batch: dict, device: str):
         import torch
         import transformers
 
         self.torch, self.device = torch, device
-        if family == "electra":
+        self.carry = {} if family == "txl" else None
+        if family in ("xlnet", "txl"):
+            self.model = transformers.XLNetLMHeadModel(transformers.XLNetConfig(
+                vocab_size=config.vocab_size, d_model=config.hidden_size, n_layer=config.num_layers,
+                n_head=config.num_heads, d_inner=config.intermediate_size, ff_activation="relu", untie_r=True,
+                dropout=0.0, layer_norm_eps=config.layer_norm_eps, bi_data=False, clamp_len=-1,
+                attn_type="uni" if family == "txl" else "bi", mem_len=config.mem_len or None, reuse_len=None,
+                use_mems_train=family == "txl"))
+            if family == "txl":
+                self.inputs = dict(input_ids=torch.as_tensor(batch["decoder_input_tokens"], dtype=torch.long),
+                                   labels=torch.as_tensor(batch["decoder_target_tokens"], dtype=torch.long))
+            else:
+                labels = np.where(batch["target_weights"] > 0, batch["target_tokens"], -100)
+                self.inputs = dict(
+                    input_ids=torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long),
+                    attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.float32),
+                    token_type_ids=torch.as_tensor(batch["token_types"], dtype=torch.long),
+                    perm_mask=torch.as_tensor(batch["perm_mask"], dtype=torch.float32),
+                    target_mapping=torch.as_tensor(batch["target_mapping"], dtype=torch.float32),
+                    labels=torch.as_tensor(labels, dtype=torch.long))
+        elif family == "electra":
             self.model = torch_electra(config)
             targets = torch.as_tensor(batch["encoder_target_tokens"], dtype=torch.long)
             self.inputs = dict(input_ids=torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long),
@@ -186,10 +263,12 @@ class HF:
 
     def step(self) -> None:
         with self.autocast:
-            loss = self.model(**self.inputs).loss
-        loss.backward()
+            out = self.model(**self.inputs, **(self.carry or {}))
+        out.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.carry is not None:
+            self.carry = {"mems": out.mems}
 
     def time(self, steps: int) -> float:
         if self.device == "cuda":
@@ -250,6 +329,13 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
         config = T5Config(vocab_size=128, feed_forward="relu", dropout_rate=0.0,
                           tie_word_embeddings=False, scale_decoder_outputs=False, **spec)
         model, batch, tokens = EncoderDecoderModel(config, z_loss=0.0), t5_batch(batch_size, length), 2 * length
+    elif family == "xlnet":
+        config = XLNetConfig(vocab_size=XLNET_VOCAB, dropout_prob=0.0, attention_dropout_prob=0.0, **spec)
+        model, batch, tokens = XLNetPermutationLMModel(config), xlnet_batch(batch_size, length), length
+    elif family == "txl":
+        config = TransfoXLConfig(vocab_size=TXL_VOCAB, dropout_prob=0.0, attention_dropout_prob=0.0,
+                                 scale_embedding=False, **spec)
+        model, batch, tokens = TransfoXLCausalLMModel(config), txl_batch(batch_size, length), length
     elif family == "electra":
         config = ElectraConfig(vocab_size=30, max_position_embeddings=length, hidden_dropout_prob=0.0,
                                attention_dropout_prob=0.0, **spec)
@@ -294,19 +380,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per side")
     parser.add_argument("--size", choices=["auto", "cpu", "base"], default="auto")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="CPU: PyTorch's threads (default: os.cpu_count(); 1 with `taskset -c 1` pins both "
+                             "sides to one core, so that contention hits them alike)")
     args = parser.parse_args()
     import torch
 
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     size = args.size if args.size != "auto" else ("base" if on_gpu else "cpu")
     if not on_gpu:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     families = list(SIZES) if args.family == "all" else [args.family]
     result = {
         "benchmark": "train_throughput",
         "device": jax.devices()[0].device_kind,
         "host": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "size": size,
         "optimizer": "AdamW lr 1e-4 wd 0.01 (optax.adamw / torch.optim.AdamW)",
         **{family: measure(family, size, args.steps, args.repeats, "cuda" if on_gpu else "cpu")
