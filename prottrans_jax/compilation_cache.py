@@ -25,9 +25,16 @@ and why this module installs its own file store:
   entry, and a kill leaves at most a `.tmp` file that is never read.
 - The key covers the program, devices, compile options, XLA flags and jax/jaxlib versions
   (cache_key.py), so a changed model, shape or flag compiles anew; only process 0 writes
-  (multi-host runs share what it wrote); programs that compile faster than
-  `jax_persistent_cache_min_compile_time_secs` are not written (jax's default 1 s;
+  (the other processes of a job read what it wrote, except on CPU: below); programs that
+  compile faster than `jax_persistent_cache_min_compile_time_secs` are not written (jax's default 1 s;
   MIN_COMPILE_SECONDS here unless that jax variable is set in the environment).
+- On CPU the key of a multi-process program differs per process (its "accelerator_config",
+  the CPU topology fingerprint, differs; measured with 2 gloo processes): process 0 reads its
+  own entries back and the others never do. A restarted 2-process ProtTXL job's process 0
+  loaded its train step in 1 s while process 1 compiled it (14 s at load 5); at load ~11 the
+  first step's gloo rendezvous timed out waiting for process 1 (tests/test_multihost.py). So
+  a multi-process CPU job runs without the cache: every process compiles, and they reach the
+  first collective together.
 - jax builds its cache object once per process, at the first compilation, and never looks at
   `jax_compilation_cache_dir` again: `enable` resets it and installs ours.
 """
@@ -136,11 +143,20 @@ def _check_writable(directory: str) -> str | None:
     return None
 
 
+def _multi_process_cpu() -> bool:
+    """True in a jax.distributed job on CPU (asked only once joined: it starts the backend)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1 and jax.default_backend() == "cpu"
+
+
 def enable(flag: str | None = None) -> str | None:
     """Points jax's persistent compilation cache at `resolve_dir(flag)` for this process (call
     before the first compilation; a later call switches folders). Returns the folder, or None
     when the cache is off or its folder is not writable (warned once, not an error)."""
     directory = resolve_dir(flag)
+    if directory is not None and _multi_process_cpu():
+        _warn_once("compilation cache off: in a multi-process CPU job only process 0 would read "
+                   "its entries back (jax keys CPU programs per process)")
+        directory = None
     problem = None if directory is None else _check_writable(directory)
     if problem:
         _warn_once(f"compilation cache {directory} is not writable ({problem}); continuing without it")

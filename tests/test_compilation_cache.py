@@ -78,6 +78,18 @@ def test_an_unwritable_folder_warns_once_and_runs_without_a_cache(tmp_path, caps
     np.testing.assert_allclose(jax.jit(lambda x: x * 2.0)(jnp.arange(3.0)), [0.0, 2.0, 4.0], rtol=1e-6, atol=1e-6)
 
 
+def test_a_multi_process_cpu_job_runs_without_a_cache(tmp_path, capsys, monkeypatch, restore_session_cache):
+    # jax keys a CPU program per process: only process 0 would hit, and reach the first
+    # collective ahead of the others (tests/test_multihost.py restart).
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert compilation_cache.enable(str(tmp_path / "xla")) is None
+    assert "compilation cache off: in a multi-process CPU job" in capsys.readouterr().err
+    assert not jax.config.jax_enable_compilation_cache
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    assert compilation_cache.enable(str(tmp_path / "xla")) == str(tmp_path / "xla")
+
+
 def embed_in_a_fresh_process(hf_dir, fasta, output, cache_dir) -> dict:
     """Runs the embed command in a new process; returns its jax cache events and exit code."""
     code = ("import json, sys\n"

@@ -184,11 +184,7 @@ def saved_steps(model_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["prot_t5", pytest.param("prot_txl", marks=pytest.mark.xfail(
-    reason="open: twice on a 2-core machine at load ~11, the restarted ProtTXL job's first step timed out "
-           "creating its 4-device gloo context (process 0: GetKeyValue DEADLINE_EXCEEDED, process 1: connect "
-           "timeout); the straight and stopped jobs pass and the one-process resume is bit-identical "
-           "(tests/test_train_txl.py)", strict=False))])
+@pytest.mark.parametrize("family", ["prot_t5", "prot_txl"])
 def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard_corpus, family):
     # Steps take ~0.2 s: the remaining ones leave seconds for the notice to reach every host
     # (a loaded machine once ran all of a 7-step job before it arrived).
