@@ -250,6 +250,18 @@ def tokenizer_pieces(model_dir: str) -> list[str]:
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
 
 
+def residue_piece_ids(pieces: list[str], where: str) -> dict[str, int]:
+    """residue letter -> id of its "▁"-prefixed piece in a SentencePiece table (ALBERT's and
+    XLNet's); a one-line UserError when a standard residue has none."""
+    letters = {piece[1:]: i for i, piece in enumerate(pieces)
+               if len(piece) == 2 and piece[0] == WORD_BOUNDARY and piece[1] in PROTEIN_ALPHABET}
+    missing = sorted(set(STANDARD_AMINO_ACIDS) - set(letters))
+    if missing:
+        raise UserError(f"{where} has no '{WORD_BOUNDARY}'-prefixed piece for residue(s) {''.join(missing)}: "
+                        "not a one-piece-per-residue protein vocabulary")
+    return letters
+
+
 def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> ProteinVocabulary:
     """A vocabulary over an ALBERT SentencePiece table: its special tokens, and one
     "▁"-prefixed piece per residue (a residue it lacks, X included, is encoded as <unk>)."""
@@ -260,12 +272,7 @@ def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> P
             ids[role] = pieces.index(token)
         elif role != "mask":
             raise UserError(f"{where} has no {token} piece: not an ALBERT vocabulary")
-    letters = {piece[1:]: i for i, piece in enumerate(pieces)
-               if len(piece) == 2 and piece[0] == WORD_BOUNDARY and piece[1] in PROTEIN_ALPHABET}
-    missing = sorted(set(STANDARD_AMINO_ACIDS) - set(letters))
-    if missing:
-        raise UserError(f"{where} has no '{WORD_BOUNDARY}'-prefixed piece for residue(s) {''.join(missing)}: "
-                         "not a one-piece-per-residue protein vocabulary")
+    letters = residue_piece_ids(pieces, where)
     builtin = prot_albert_vocabulary()
     if pieces == list(builtin.pieces):
         return builtin

@@ -34,13 +34,13 @@ import jax
 import numpy as np
 
 from prottrans_jax.convert import mapping
-from prottrans_jax.convert.albert import SPIECE, WORD_BOUNDARY, tokenizer_pieces  # noqa: F401  (the contract's)
+from prottrans_jax.convert.albert import SPIECE, residue_piece_ids, tokenizer_pieces  # noqa: F401  (the contract's)
 from prottrans_jax.convert.mapping import TRANSPOSE, Entry, LayerStack, ParamMap, Transform
 from prottrans_jax.errors import UserError
 from prottrans_jax.models import transfo_xl, xlnet
 from prottrans_jax.models.transfo_xl import TransfoXLConfig
 from prottrans_jax.models.xlnet import XLNetConfig
-from prottrans_jax.vocab import PROTEIN_ALPHABET, STANDARD_AMINO_ACIDS, ProteinVocabulary, prot_xlnet_vocabulary
+from prottrans_jax.vocab import ProteinVocabulary, prot_xlnet_vocabulary
 
 PARTS = ("full", "encoder")
 WORD_EMBEDDING = "transformer.word_embedding.weight"
@@ -262,12 +262,7 @@ def vocabulary_from_pieces(pieces: list[str], where: str = "the tokenizer") -> P
     missing = [token for token in REQUIRED_SPECIALS if token not in pieces]
     if missing:
         raise UserError(f"{where} has no {missing[0]} piece: not an XLNet vocabulary")
-    letters = {piece[1:]: i for i, piece in enumerate(pieces)
-               if len(piece) == 2 and piece[0] == WORD_BOUNDARY and piece[1] in PROTEIN_ALPHABET}
-    absent = sorted(set(STANDARD_AMINO_ACIDS) - set(letters))
-    if absent:
-        raise UserError(f"{where} has no '{WORD_BOUNDARY}'-prefixed piece for residue(s) {''.join(absent)}: "
-                         "not a one-piece-per-residue protein vocabulary")
+    letters = residue_piece_ids(pieces, where)
     builtin = prot_xlnet_vocabulary()
     if pieces == list(builtin.pieces):
         return builtin
