@@ -177,6 +177,17 @@ def short_protein_corpus(tmp_path_factory, count=32, max_length=50):
     return root / "corpus"
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """`short_protein_corpus` registered as the seqio corpus "short" (tasks short_<objective>),
+    for the training modules; a module may define its own `corpus` instead (test_tasks)."""
+    import tasks
+
+    path = short_protein_corpus(tmp_path_factory)
+    tasks.register_corpus("short", path)
+    return path
+
+
 # ------------------------------------------------------------------ ProtT5 directories
 
 
@@ -380,6 +391,14 @@ def random_hf_xlnet(head: str = "lm", seed: int = 0, **overrides):
             else:
                 parameter.normal_(0.0, 0.2)
     return model
+
+
+def train_flags(gin_file, model_dir, steps, task, *extra, batch=8, length=64):
+    """`train` flags for a short run of `task` from `gin_file`: no evaluation, a line every 2 steps."""
+    return [gin_file, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
+            f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.BATCH_SIZE={batch}",
+            f"--gin.INPUTS_LENGTH={length}", "--gin.train.eval_split='train'",
+            "--gin.train.eval_interval=None", "--gin.train.log_every=2", *extra]
 
 
 def run_training(argv):

@@ -2,26 +2,16 @@
 consecutive segments that continue each other, per-host shards, and exact resume."""
 
 import numpy as np
-import pytest
 import seqio
 
-import tasks
 from prottrans_jax import training
 from prottrans_jax.data.dataset import get_batches
 from prottrans_jax.data.objectives import CHOSEN, NOT_CHOSEN
 from prottrans_jax.data.stream import stream_rows
 from prottrans_jax.vocab import prot_txl_vocabulary
 from tasks.show_batches import describe_batch
-from tests.conftest import short_protein_corpus
 
 EOS = prot_txl_vocabulary().eos_id
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = short_protein_corpus(tmp_path_factory)
-    tasks.register_corpus("short", path)
-    return path
 
 
 def protein(index, length):

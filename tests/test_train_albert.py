@@ -7,12 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-import tasks
 from prottrans_jax import checkpoints, model_dir as model_dir_lib
 from prottrans_jax.convert import albert as albert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
-from tests.conftest import ONE_DEVICE, short_protein_corpus
-from tests.test_train_families import assert_trees_equal, flags, run_ok
+from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training, train_flags
 
 ALBERT_GIN = "--gin_file=gin/experiments/prot_albert_tiny_sample.gin"
 # The tiny HF ALBERT of tests/conftest.py (TINY_ALBERT): E 16, one shared layer 64 wide run
@@ -21,24 +19,17 @@ SMALL_ALBERT = ["--gin.AlbertConfig.embedding_size=16", "--gin.AlbertConfig.num_
                 "--gin.AlbertConfig.intermediate_size=128", "--gin.AlbertConfig.max_position_embeddings=128"]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = short_protein_corpus(tmp_path_factory)
-    tasks.register_corpus("short", path)
-    return path
-
-
 def albert_flags(model_dir, steps, *extra, **kwargs):
-    return flags(ALBERT_GIN, model_dir, steps, "short_albert_mlm", *SMALL_ALBERT, *extra, **kwargs)
+    return train_flags(ALBERT_GIN, model_dir, steps, "short_albert_mlm", *SMALL_ALBERT, *extra, **kwargs)
 
 
 def test_albert_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
     dropout = ["--gin.AlbertConfig.hidden_dropout_prob=0.1", *ONE_DEVICE]  # resuming, not sharding, is tested
-    straight = run_ok(albert_flags(tmp_path / "straight", 6, *dropout))
+    straight = run_training(albert_flags(tmp_path / "straight", 6, *dropout))
     with monkeypatch.context() as patch:  # a preemption after step 3
         patch.setattr(checkpoints.PreemptionWatcher, "should_stop", lambda self, step: step == 3)
-        assert run_ok(albert_flags(tmp_path / "resumed", 6, *dropout))["preempted"]
-    resumed = run_ok(albert_flags(tmp_path / "resumed", 6, *dropout))
+        assert run_training(albert_flags(tmp_path / "resumed", 6, *dropout))["preempted"]
+    resumed = run_training(albert_flags(tmp_path / "resumed", 6, *dropout))
     assert resumed["step"] == 6
     assert_trees_equal(resumed["state"], straight["state"])  # bit-identical, dropout included
     stored = json.loads((tmp_path / "resumed" / "model.json").read_text())
@@ -53,7 +44,7 @@ def test_tiny_albert_overfits_32_real_proteins(corpus, tmp_path):
     training mask, come back. ALBERT learns them more slowly than BERT's unshared layers and
     its 32-wide E: measured 0.33 at tiny.gin's own sizes after 500 steps, 0.60 after 1,000;
     here 0.60 after 600 (threshold 0.5: 98 hidden residues); at learning rate 0.03 it diverges."""
-    result = run_ok(flags(ALBERT_GIN, tmp_path, 600, "short_albert_mlm", "--gin.train.eval_interval=600",
+    result = run_training(train_flags(ALBERT_GIN, tmp_path, 600, "short_albert_mlm", "--gin.train.eval_interval=600",
                           "--gin.train.log_every=300", "--gin.AlbertConfig.embedding_size=64",
                           "--gin.AlbertConfig.num_layers=2",
                           "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.02",
@@ -67,7 +58,7 @@ def test_tiny_albert_overfits_32_real_proteins(corpus, tmp_path):
 
 def test_continued_pre_training_starts_from_released_albert_weights(corpus, tiny_albert_hf_dir, tmp_path):
     hf_dir = tiny_albert_hf_dir("pretraining", 0)
-    run_ok(albert_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'", *ONE_DEVICE,
+    run_training(albert_flags(tmp_path, 1, f"--gin.train.init_from_hf='{hf_dir}'", *ONE_DEVICE,
                         "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.0"))
     config = model_dir_lib.read_model(str(tmp_path), param_dtype="float32").config
     assert config.pretraining_heads and config.scan_layers is False

@@ -15,19 +15,12 @@ import tasks
 from prottrans_jax import checkpoints, training
 from prottrans_jax import train as train_lib
 from prottrans_jax.data.dataset import get_task, task_feature_lengths
-from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training, short_protein_corpus
+from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
 SMALLER = ["--gin.T5Config.d_model=32", "--gin.T5Config.head_dim=8", "--gin.T5Config.d_ff=64",
            "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = short_protein_corpus(tmp_path_factory)
-    tasks.register_corpus("short", path)
-    return path
 
 
 def flags(model_dir, steps, *extra):

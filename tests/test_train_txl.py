@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-import tasks
 from prottrans_jax import checkpoints, export_hf, partitioning
 from prottrans_jax import train as train_lib
 from prottrans_jax.models.base import summarize
@@ -19,7 +18,7 @@ from prottrans_jax.models.transfo_xl import TransfoXL, TransfoXLCausalLMModel, T
 from prottrans_jax.partitioning import unbox_shapes
 from prottrans_jax.trainer import Trainer
 from prottrans_jax.vocab import prot_txl_vocabulary
-from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training, short_protein_corpus
+from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training
 
 TINY = TransfoXLConfig(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=64,
                        dropout_prob=0.1, attention_dropout_prob=0.0, mem_len=8, dtype="float32")
@@ -114,13 +113,6 @@ GIN = "--gin_file=gin/experiments/prot_txl_tiny_sample.gin"
 SMALL = ["--gin.TransfoXLConfig.hidden_size=32", "--gin.TransfoXLConfig.num_heads=4",
          "--gin.TransfoXLConfig.head_dim=8", "--gin.TransfoXLConfig.intermediate_size=64",
          "--gin.TransfoXLConfig.mem_len=16", "--gin.TransfoXLConfig.dropout_prob=0.1"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = short_protein_corpus(tmp_path_factory)
-    tasks.register_corpus("short", path)
-    return path
 
 
 def flags(model_dir, steps, *extra):
