@@ -8,12 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-import tasks
 from prottrans_jax import checkpoints, model_dir as model_dir_lib
 from prottrans_jax import train as train_lib
 from prottrans_jax.convert import bert as bert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
-from tests.conftest import ONE_DEVICE, assert_trees_equal, random_hf_bert, run_training, short_protein_corpus
+from tests.conftest import ONE_DEVICE, assert_trees_equal, random_hf_bert, run_training, train_flags
 
 BERT_GIN = "--gin_file=gin/experiments/prot_bert_tiny_sample.gin"
 T5_GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -25,22 +24,8 @@ SMALL_T5 = ["--gin.T5Config.d_model=32", "--gin.T5Config.head_dim=8", "--gin.T5C
             "--gin.T5Config.dropout_rate=0.0"]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = short_protein_corpus(tmp_path_factory)
-    tasks.register_corpus("short", path)
-    return path
-
-
-def flags(gin_file, model_dir, steps, task, *extra, batch=8, length=64):
-    return [gin_file, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
-            f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.BATCH_SIZE={batch}",
-            f"--gin.INPUTS_LENGTH={length}", "--gin.train.eval_split='train'",
-            "--gin.train.eval_interval=None", "--gin.train.log_every=2", *extra]
-
-
 def bert_flags(model_dir, steps, *extra, **kwargs):
-    return flags(BERT_GIN, model_dir, steps, "short_bert_mlm", *SMALL_BERT, *extra, **kwargs)
+    return train_flags(BERT_GIN, model_dir, steps, "short_bert_mlm", *SMALL_BERT, *extra, **kwargs)
 
 
 def one_line_error(capsys):
@@ -53,11 +38,11 @@ def one_line_error(capsys):
 
 
 def test_a_task_of_another_objective_is_refused_before_anything_is_written(corpus, tmp_path, capsys):
-    code, _ = train_lib.run(flags(T5_GIN, tmp_path, 2, "short_bert_mlm"))
+    code, _ = train_lib.run(train_flags(T5_GIN, tmp_path, 2, "short_bert_mlm"))
     line = one_line_error(capsys)
     assert code == 1 and "task 'short_bert_mlm' has features" in line
     assert "EncoderDecoderModel (prot_t5)" in line and "EncDecMaskedFeatureConverter" in line
-    code, _ = train_lib.run(flags(BERT_GIN, tmp_path, 2, "short_prott5_denoise"))
+    code, _ = train_lib.run(train_flags(BERT_GIN, tmp_path, 2, "short_prott5_denoise"))
     assert code == 1 and "BertMLMModel (prot_bert)" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
@@ -132,7 +117,7 @@ def test_tiny_bert_overfits_32_real_proteins(corpus, tmp_path):
     """gin/models/bert/tiny.gin memorises 32 proteins: the residues behind the [MASK] tokens
     of the evaluation masks, which differ from every training mask, come back (0.75 measured;
     BERT needs more steps than ProtT5's denoiser, whose decoder sees the residues before)."""
-    result = run_training(flags(BERT_GIN, tmp_path, 500, "short_bert_mlm", "--gin.train.eval_interval=500",
+    result = run_training(train_flags(BERT_GIN, tmp_path, 500, "short_bert_mlm", "--gin.train.eval_interval=500",
                           "--gin.train.log_every=250",
                           "--gin.optimizers.warmup_decay_schedule.peak_learning_rate=0.02",
                           "--gin.optimizers.warmup_decay_schedule.warmup_steps=50",
@@ -210,8 +195,9 @@ def test_a_bert_masked_lm_checkpoint_continues_without_pretraining_heads(tmp_pat
 
 def test_released_weights_that_do_not_fit_are_one_line_errors(corpus, tiny_bert_hf_dir, tiny_t5_hf_dir,
                                                              tmp_path, capsys):
-    hf_dir = tiny_bert_hf_dir("pretraining", 0)
-    code, _ = train_lib.run(bert_flags(tmp_path / "a", 1, f"--gin.train.init_from_hf='{tiny_t5_hf_dir(0)}'"))
+    hf_dir, t5_dir = tiny_bert_hf_dir("pretraining", 0), tiny_t5_hf_dir(0)
+    capsys.readouterr()  # writing the directories (when this test is the first to) prints progress bars
+    code, _ = train_lib.run(bert_flags(tmp_path / "a", 1, f"--gin.train.init_from_hf='{t5_dir}'"))
     assert code == 1 and "holds a prot_t5 model; the model being trained is prot_bert" in one_line_error(capsys)
     code, _ = train_lib.run(bert_flags(tmp_path / "b", 1, f"--gin.train.init_from_hf='{hf_dir}'",
                                        "--gin.BertConfig.intermediate_size=128"))
@@ -244,7 +230,7 @@ SMALL_ELECTRA = ["--gin.ElectraConfig.embedding_size=32", "--gin.ElectraConfig.h
 
 def electra_flags(model_dir, steps, *extra, **kwargs):
     # One device: what these runs test is the family, not sharding (the BERT and T5 runs do).
-    return flags(ELECTRA_GIN, model_dir, steps, "short_electra_mlm", *SMALL_ELECTRA, *ONE_DEVICE, *extra,
+    return train_flags(ELECTRA_GIN, model_dir, steps, "short_electra_mlm", *SMALL_ELECTRA, *ONE_DEVICE, *extra,
                  **kwargs)
 
 
@@ -269,7 +255,7 @@ def test_tiny_electra_overfits_32_real_proteins(corpus, tmp_path):
     the generator's plausible mistakes): in a test's time it learns the replaced fraction, its
     loss from ln 2 to that prior's entropy; finding the replaced tokens takes thousands of
     steps (measured: 1,500 steps, recall 6% at precision 1.0)."""
-    result = run_training(flags(ELECTRA_GIN, tmp_path, 600, "short_electra_mlm", "--gin.train.eval_interval=600",
+    result = run_training(train_flags(ELECTRA_GIN, tmp_path, 600, "short_electra_mlm", "--gin.train.eval_interval=600",
                           "--gin.train.log_every=300", "--gin.ElectraConfig.generator_hidden_size=64",
                           "--gin.ElectraConfig.generator_num_heads=4",
                           "--gin.ElectraConfig.generator_intermediate_size=256",
@@ -309,7 +295,7 @@ SMALL_XLNET = ["--gin.XLNetConfig.hidden_size=32", "--gin.XLNetConfig.head_dim=8
 
 
 def xlnet_flags(model_dir, steps, *extra, **kwargs):
-    return flags(XLNET_GIN, model_dir, steps, "short_permutation_lm", *SMALL_XLNET, *ONE_DEVICE, *extra,
+    return train_flags(XLNET_GIN, model_dir, steps, "short_permutation_lm", *SMALL_XLNET, *ONE_DEVICE, *extra,
                  **kwargs)
 
 
