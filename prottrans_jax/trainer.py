@@ -203,8 +203,8 @@ class Trainer:
 
     def _model_loss(self, params, batch, rng, train, carry):
         """(loss_sum, metrics, new carry or None), for models with and without a carry."""
-        if self.init_carry is None:
-            return (*self.model.loss_and_metrics(params, batch, rng, train), None)
+        if self.init_carry is None:  # [:2]: a model that can carry (ProtTXL) returns its None carry
+            return (*self.model.loss_and_metrics(params, batch, rng, train)[:2], None)
         return self.model.loss_and_metrics(params, batch, rng, train, carry=carry)
 
     def _carry_for(self, batch):
@@ -216,7 +216,7 @@ class Trainer:
     def _loss_and_grads(self, params, batch, rng, carry):
         if self.init_carry is None:
             def loss_fn(p, microbatch, microbatch_rng):
-                return self.model.loss_and_metrics(p, microbatch, microbatch_rng, train=True)
+                return self.model.loss_and_metrics(p, microbatch, microbatch_rng, train=True)[:2]
         else:
             def loss_fn(p, microbatch, microbatch_rng, micro_carry):
                 loss_sum, metrics, new_carry = self._model_loss(p, microbatch, microbatch_rng, True, micro_carry)

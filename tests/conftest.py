@@ -401,6 +401,13 @@ def train_flags(gin_file, model_dir, steps, task, *extra, batch=8, length=64):
             "--gin.train.eval_interval=None", "--gin.train.log_every=2", *extra]
 
 
+def one_line_error(capsys):
+    """The one stderr line of a command that failed on a user's mistake."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
 def run_training(argv):
     """`train.run(argv)`'s result, asserting that it exited 0 (the trainer tests' runs)."""
     from prottrans_jax import train as train_lib

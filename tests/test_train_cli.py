@@ -15,7 +15,7 @@ import tasks
 from prottrans_jax import checkpoints, training
 from prottrans_jax import train as train_lib
 from prottrans_jax.data.dataset import get_task, task_feature_lengths
-from tests.conftest import ONE_DEVICE, assert_trees_equal, run_training
+from tests.conftest import ONE_DEVICE, assert_trees_equal, one_line_error, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -71,12 +71,6 @@ def test_tiny_model_overfits_32_real_proteins(corpus, tmp_path):
     before, after = result["eval"][0], result["eval"][-1]
     assert before["masked_accuracy"] < 0.2
     assert after["masked_accuracy"] > 0.9, after
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("binding, named", [("--gin.train.bogus_setting=1", "bogus_setting"),

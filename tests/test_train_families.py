@@ -12,7 +12,8 @@ from prottrans_jax import checkpoints, model_dir as model_dir_lib
 from prottrans_jax import train as train_lib
 from prottrans_jax.convert import bert as bert_convert
 from prottrans_jax.convert.hf_io import load_hf_state_dict
-from tests.conftest import ONE_DEVICE, assert_trees_equal, random_hf_bert, run_training, train_flags
+from tests.conftest import (ONE_DEVICE, assert_trees_equal, one_line_error, random_hf_bert, run_training,
+                            train_flags)
 
 BERT_GIN = "--gin_file=gin/experiments/prot_bert_tiny_sample.gin"
 T5_GIN = "--gin_file=gin/experiments/prot_t5_tiny_sample.gin"
@@ -26,12 +27,6 @@ SMALL_T5 = ["--gin.T5Config.d_model=32", "--gin.T5Config.head_dim=8", "--gin.T5C
 
 def bert_flags(model_dir, steps, *extra, **kwargs):
     return train_flags(BERT_GIN, model_dir, steps, "short_bert_mlm", *SMALL_BERT, *extra, **kwargs)
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 # ------------------------------------------------------------------ a task that does not fit

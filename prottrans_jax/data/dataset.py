@@ -55,7 +55,8 @@ def get_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
     if issubclass(converter_cls, stream.StreamFeatureConverter):
         proteins = task.get_dataset(sequence_length=None, split=split, shuffle=shuffle, seed=seed,
                                     num_epochs=num_epochs, shard_info=shard_info, use_cached=False)
-        return converter_cls(pack=pack).batches(proteins, feature_lengths, batch_size)
+        stream_seed = (0 if seed is None else seed, shard_info.index if shard_info else 0)
+        return converter_cls(pack=pack).batches(proteins, feature_lengths, batch_size, stream_seed)
     dataset = task.get_dataset(sequence_length=dict(feature_lengths), split=split,
                                shuffle=shuffle, seed=seed, num_epochs=num_epochs,
                                shard_info=shard_info, use_cached=False)

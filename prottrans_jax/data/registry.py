@@ -17,7 +17,7 @@ from typing import Callable
 
 import seqio
 
-from prottrans_jax.data import objectives, preprocessors, stream
+from prottrans_jax.data import objectives, permutation_stream, preprocessors, stream
 from prottrans_jax.data.feature_converters import (EncDecMaskedFeatureConverter, EncoderMLMFeatureConverter,
                                                    PermutationLMFeatureConverter)
 from prottrans_jax.errors import UserError
@@ -195,4 +195,13 @@ register_objective(Objective(  # XLNet's permutation LM, one protein per row (Pr
                            objectives.permutation_lm],
     feature_converter_cls=PermutationLMFeatureConverter,
     feature_lengths=_permutation_lm_lengths,
+))
+register_objective(Objective(  # XLNet's permutation LM over a stream, with memory (ProtXLNet's recipe)
+    name="permutation_lm_stream",
+    vocabulary=prot_xlnet_vocabulary,
+    output_features=lambda: {"targets": seqio.Feature(prot_xlnet_vocabulary(), add_eos=False),
+                             "targets_masked": _MASKED_FLAG},
+    preprocessors=lambda: [stream.mark_residues, permutation_stream.end_proteins_with_eod],
+    feature_converter_cls=permutation_stream.PermutationStreamFeatureConverter,
+    feature_lengths=lambda inputs_length, targets_length: {"targets": inputs_length},  # the example
 ))

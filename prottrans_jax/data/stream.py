@@ -23,7 +23,7 @@ batch that cannot be filled.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -37,6 +37,30 @@ MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
                   "decoder_masked_weights")
 
 
+def stream_windows(proteins: Iterable[Mapping[str, np.ndarray]], rows: int, window: int, stride: int
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, flags), each (rows, window) int32, until the proteins end: row r's stream `s`
+    (its proteins' "targets" one after another, and their "targets_masked") read as
+    `s[p : p + window]` at p = 0, stride, 2 * stride, ... (the layout of the module docstring:
+    a row short of tokens takes the host's next protein, rows in order)."""
+    if rows <= 0 or window <= 0 or stride <= 0:
+        raise UserError(f"a stream needs positive rows, window and stride, got {rows}, {window} and {stride}")
+    tokens = [np.zeros((0,), np.int32) for _ in range(rows)]
+    flags = [np.zeros((0,), np.int32) for _ in range(rows)]
+    proteins = iter(proteins)
+    while True:
+        for row in range(rows):
+            while tokens[row].size < window:
+                protein = next(proteins, None)
+                if protein is None:
+                    return
+                tokens[row] = np.concatenate([tokens[row], np.asarray(protein["targets"], np.int32)])
+                flags[row] = np.concatenate([flags[row], np.asarray(protein["targets_masked"], np.int32)])
+        yield np.stack([t[:window] for t in tokens]), np.stack([f[:window] for f in flags])
+        tokens = [t[stride:] for t in tokens]
+        flags = [f[stride:] for f in flags]
+
+
 def stream_rows(proteins: Iterable[Mapping[str, np.ndarray]], rows: int, length: int
                 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of `rows` x `length` next-token features from tokenised proteins ("targets",
@@ -45,26 +69,12 @@ def stream_rows(proteins: Iterable[Mapping[str, np.ndarray]], rows: int, length:
     `decoder_masked_weights` marks the targets that are residues (not the separator): the
     next-residue accuracy the demo compares with the frequency baseline.
     """
-    if rows <= 0 or length <= 0:
-        raise UserError(f"a stream needs positive rows and length, got {rows} and {length}")
-    tokens = [np.zeros((0,), np.int32) for _ in range(rows)]
-    flags = [np.zeros((0,), np.int32) for _ in range(rows)]
-    proteins = iter(proteins)
-    while True:
-        for row in range(rows):
-            while tokens[row].size < length + 1:
-                protein = next(proteins, None)
-                if protein is None:
-                    return
-                tokens[row] = np.concatenate([tokens[row], np.asarray(protein["targets"], np.int32)])
-                flags[row] = np.concatenate([flags[row], np.asarray(protein["targets_masked"], np.int32)])
-        window = np.stack([t[:length + 1] for t in tokens])
-        masked = np.stack([f[1:length + 1] for f in flags]) == CHOSEN
-        tokens = [t[length:] for t in tokens]
-        flags = [f[length:] for f in flags]
+    if length <= 0:
+        raise UserError(f"a stream needs a positive length, got {length}")
+    for window, flags in stream_windows(proteins, rows, length + 1, length):
         yield {"decoder_input_tokens": window[:, :-1], "decoder_target_tokens": window[:, 1:],
                "decoder_loss_weights": np.ones((rows, length), np.int32),
-               "decoder_masked_weights": masked.astype(np.int32)}
+               "decoder_masked_weights": (flags[:, 1:] == CHOSEN).astype(np.int32)}
 
 
 class StreamFeatureConverter(seqio.FeatureConverter):
@@ -80,7 +90,10 @@ class StreamFeatureConverter(seqio.FeatureConverter):
     PACKING_FEATURE_DTYPES = {}
 
     def batches(self, proteins: tf.data.Dataset, task_feature_lengths: Mapping[str, int],
-                batch_size: int) -> tf.data.Dataset:
+                batch_size: int, seed: Sequence[int] = (0,)) -> tf.data.Dataset:
+        """The rows as batches; `seed` (the run's seed and the host's shard) seeds what a
+        subclass draws at random (next-token rows draw nothing)."""
+        del seed
         length = int(task_feature_lengths["targets"])
         spec = {name: tf.TensorSpec((batch_size, length), tf.int32) for name in MODEL_FEATURES}
         dataset = tf.data.Dataset.from_generator(

@@ -345,6 +345,49 @@ def checked_memory(config: RelativeConfig, memory: jax.Array | None, batch_size:
     return memory
 
 
+# ------------------------------------------------------------------ memory carried across steps
+
+
+def memory_carry(config: RelativeConfig, batch_size: int) -> dict | None:
+    """The trainer's carry (models/base.py) of a fresh run: an empty memory for `batch_size`
+    rows, boxed with logical axes, batch first; None when mem_len is 0 (no carry).
+
+    {"memory": (batch, num_layers, mem_len, d) in the compute dtype, "valid": (batch, mem_len)
+    bool}: which memory positions hold a token yet (none at first: the first segment sees no
+    memory, as in kimiyoung / cybertronai TXL).
+    """
+    if config.mem_len <= 0:
+        return None
+    boxed = lambda shape, dtype, axes: nn.with_logical_partitioning(  # noqa: E731
+        nn.initializers.zeros, axes)(None, shape, dtype)
+    return {"memory": boxed((batch_size, config.num_layers, config.mem_len, config.hidden_size),
+                            config.compute_dtype, ("batch", "layers", "length", "embed")),
+            "valid": boxed((batch_size, config.mem_len), jnp.bool_, ("batch", "length"))}
+
+
+def next_memory_valid(memory_valid: jax.Array, added: int) -> jax.Array:
+    """Which positions of the next memory hold tokens: the last mem_len of valid ++ `added`
+    new ones (the segment, or its reused part)."""
+    mem_len = memory_valid.shape[1]
+    grown = jnp.concatenate([memory_valid, jnp.ones((memory_valid.shape[0], added), bool)], axis=1)
+    return grown[:, grown.shape[1] - mem_len:]
+
+
+def memory_of(carry: dict | None) -> tuple[jax.Array | None, jax.Array | None]:
+    """(memory (num_layers, batch, mem, d), valid (batch, mem)) of a carry, as the stack takes them."""
+    if carry is None:
+        return None, None
+    return jnp.swapaxes(carry["memory"], 0, 1), carry["valid"]
+
+
+def next_carry(carry: dict | None, new_memory: jax.Array | None, added: int) -> dict | None:
+    """The carry after a step whose stack returned `new_memory`, `added` positions longer."""
+    if carry is None:
+        return None
+    return {"memory": jax.lax.stop_gradient(jnp.swapaxes(new_memory, 0, 1)),
+            "valid": next_memory_valid(carry["valid"], added)}
+
+
 def word_embedding(config: RelativeConfig, name: str = "word_embedding") -> Embed:
     return Embed(config.vocab_size, config.hidden_size, config.compute_dtype, config.parameter_dtype,
                  config.kernel_init, name=name)

@@ -48,7 +48,8 @@ from prottrans_jax import families
 from prottrans_jax.data.stream import StreamFeatureConverter
 from prottrans_jax.models.base import Metrics, token_metrics
 from prottrans_jax.models.relative_attention import (RelativeConfig, RelativeStack, TiedLmHead, causal_visibility,
-                                                     checked_memory, relative_position_embedding,
+                                                     checked_memory, memory_carry, memory_of, next_carry,
+                                                     next_memory_valid, relative_position_embedding,
                                                      visibility_to_bias, word_embedding)
 from prottrans_jax.vocab import ProteinVocabulary, prot_txl_vocabulary
 
@@ -132,13 +133,6 @@ def init_params(config: TransfoXLConfig, rng: jax.Array) -> Any:
     return TransfoXL(config).init({"params": rng}, jnp.ones((1, 4), jnp.int32))["params"]
 
 
-def next_memory_valid(memory_valid: jax.Array, qlen: int) -> jax.Array:
-    """Which positions of the next memory hold tokens: the last mem_len of valid ++ segment."""
-    mem_len = memory_valid.shape[1]
-    grown = jnp.concatenate([memory_valid, jnp.ones((memory_valid.shape[0], qlen), bool)], axis=1)
-    return grown[:, grown.shape[1] - mem_len:]
-
-
 # -------------------------------------------------------------------------------- pre-training
 
 
@@ -148,11 +142,9 @@ class TransfoXLCausalLMModel:
     """ProtTXL's pre-training as the trainer sees it: next-token cross-entropy over a segment
     of the stream (data/stream.py), attending to the memory of its row's previous segments.
 
-    The carry (models/base.py) is {"memory": (batch, num_layers, mem_len, d) in the compute
-    dtype, "valid": (batch, mem_len) bool}: each layer's input over the last mem_len tokens of
-    the row, without gradient (as Transformer-XL), and which of them hold a token yet (a new
-    run, and every evaluation, starts with none: the first segment sees no memory, as in
-    kimiyoung / cybertronai TXL). `masked_accuracy` / `masked_loss` are the next-residue
+    The carry (models/base.py, relative_attention.memory_carry) is each layer's input over the
+    last mem_len tokens of the row, without gradient (as Transformer-XL), and which of them
+    hold a token yet (a new run, and every evaluation, starts with none). `masked_accuracy` / `masked_loss` are the next-residue
     figures (targets that are residues, not the separator); `accuracy` / `loss` count every
     target, the separator too, as Transformer-XL's loss does.
     """
@@ -174,33 +166,18 @@ class TransfoXLCausalLMModel:
         return init_params(self.config, rng)
 
     def init_carry(self, batch_size: int) -> dict | None:
-        """An empty memory for `batch_size` rows, boxed with logical axes (batch first, as the
-        trainer's microbatching needs); None when mem_len is 0 (no carry)."""
-        cfg = self.config
-        if cfg.mem_len <= 0:
-            return None
-        boxed = lambda shape, dtype, axes: nn.with_logical_partitioning(  # noqa: E731
-            nn.initializers.zeros, axes)(None, shape, dtype)
-        return {"memory": boxed((batch_size, cfg.num_layers, cfg.mem_len, cfg.hidden_size), cfg.compute_dtype,
-                                ("batch", "layers", "length", "embed")),
-                "valid": boxed((batch_size, cfg.mem_len), jnp.bool_, ("batch", "length"))}
+        return memory_carry(self.config, batch_size)
 
     def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool,
                          carry: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, Metrics, dict | None]:
         """(loss_sum, metrics, the next carry); with no carry, the segment alone (no memory)."""
         tokens = batch["decoder_input_tokens"]
-        memory = valid = None
-        if carry is not None:
-            memory, valid = jnp.swapaxes(carry["memory"], 0, 1), carry["valid"]
+        memory, valid = memory_of(carry)
         logits, new_memory = self.module.apply({"params": params}, tokens, memory, not train, valid,
                                                rngs={"dropout": rng} if train else None)
         loss_sum, metrics = token_metrics(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
                                           batch["decoder_masked_weights"], self.label_smoothing, self.z_loss)
-        new_carry = None
-        if carry is not None:
-            new_carry = {"memory": jax.lax.stop_gradient(jnp.swapaxes(new_memory, 0, 1)),
-                         "valid": next_memory_valid(valid, tokens.shape[1])}
-        return loss_sum, metrics, new_carry
+        return loss_sum, metrics, next_carry(carry, new_memory, tokens.shape[1])
 
     def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return batch["decoder_target_tokens"], batch["decoder_masked_weights"]

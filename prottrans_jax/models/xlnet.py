@@ -45,11 +45,14 @@ import numpy as np
 
 from prottrans_jax import families
 from prottrans_jax.data.feature_converters import PermutationLMFeatureConverter
+from prottrans_jax.data.objectives import permutation_lm_settings
+from prottrans_jax.data.permutation_stream import PermutationStreamFeatureConverter
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.base import Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.relative_attention import (ATTN_TYPES, RelativeConfig, RelativeStack, TiedLmHead,
-                                                     causal_visibility, checked_memory, relative_position_embedding,
-                                                     visibility_to_bias, word_embedding)
+                                                     causal_visibility, checked_memory, memory_carry, memory_of,
+                                                     next_carry, relative_position_embedding, visibility_to_bias,
+                                                     word_embedding)
 from prottrans_jax.vocab import ProteinVocabulary, prot_xlnet_vocabulary
 
 # zihangdai/xlnet data_utils.py `special_symbols`, hard-coded in the training code.
@@ -106,19 +109,21 @@ class XLNet(nn.Module):
     def encode(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
                token_types: jax.Array | None = None, perm_mask: jax.Array | None = None,
                target_mapping: jax.Array | None = None, memory: jax.Array | None = None,
-               deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
+               deterministic: bool = True, memory_valid: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array | None]:
         """(last hidden states, new memory (num_layers, b, mem_len, d) or None when mem_len is 0).
 
         tokens (b, L); attention_mask (b, L), 1 = real token; token_types (b, L); perm_mask
         (b, L, L), 1 = may not attend; target_mapping (b, m, L) one-hot rows; memory: the
-        previous call's. The hidden states are the content stream's (b, L, d), or with
-        target_mapping the query stream's (b, m, d).
+        previous call's; memory_valid (b, mem) bool, if given, hides the memory positions that
+        hold no token yet (the trainer's fixed-shape carry, empty at first). The hidden states
+        are the content stream's (b, L, d), or with target_mapping the query stream's (b, m, d).
         """
         cfg = self.config
         batch, qlen = tokens.shape
         memory = checked_memory(cfg, memory, batch)
         mlen = memory.shape[2]
-        bias_h, bias_g = self._attention_biases(batch, qlen, mlen, attention_mask, perm_mask)
+        bias_h, bias_g = self._attention_biases(batch, qlen, mlen, attention_mask, perm_mask, memory_valid)
 
         h = self.dropout(self.word_embedding(tokens), deterministic=deterministic)
         g = None
@@ -139,12 +144,13 @@ class XLNet(nn.Module):
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_memory
 
     def _attention_biases(self, batch: int, qlen: int, mlen: int, attention_mask: jax.Array | None,
-                          perm_mask: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+                          perm_mask: jax.Array | None, memory_valid: jax.Array | None = None
+                          ) -> tuple[jax.Array | None, jax.Array | None]:
         """(content stream bias, query stream bias), None where nothing is masked.
 
-        Masked (XLNet): the causal mask ("uni"), padding keys, perm_mask; memory never. The
-        content stream may always see its own position; the query stream may not when
-        perm_mask says so (a target must not see itself).
+        Masked (XLNet): the causal mask ("uni"), padding keys, perm_mask; memory only where
+        `memory_valid` says it holds no token yet. The content stream may always see its own
+        position; the query stream may not when perm_mask says so (a target must not see itself).
         """
         masked = None
         if self.config.attn_type == "uni":
@@ -155,8 +161,11 @@ class XLNet(nn.Module):
         if perm_mask is not None:
             perm = perm_mask.astype(bool)
             data = perm if data is None else jnp.logical_or(data, perm)
-        if data is not None:
-            data = jnp.concatenate([jnp.zeros((batch, qlen, mlen), bool), data], axis=2)
+        if data is not None or memory_valid is not None:
+            hidden_memory = (jnp.zeros((batch, qlen, mlen), bool) if memory_valid is None
+                             else jnp.broadcast_to(~memory_valid.astype(bool)[:, None, :], (batch, qlen, mlen)))
+            data = jnp.concatenate([hidden_memory, jnp.zeros((batch, qlen, qlen), bool) if data is None else data],
+                                   axis=2)
             masked = data if masked is None else jnp.logical_or(masked, data)
         if masked is None:
             return None, None
@@ -166,10 +175,11 @@ class XLNet(nn.Module):
     def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
                  token_types: jax.Array | None = None, perm_mask: jax.Array | None = None,
                  target_mapping: jax.Array | None = None, memory: jax.Array | None = None,
-                 deterministic: bool = True) -> tuple[jax.Array, jax.Array | None]:
+                 deterministic: bool = True, memory_valid: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array | None]:
         """(LM logits float32: (b, L, vocab), or (b, m, vocab) with target_mapping; new memory)."""
         hidden, new_memory = self.encode(tokens, attention_mask, token_types, perm_mask, target_mapping, memory,
-                                         deterministic)
+                                         deterministic, memory_valid)
         return self.lm_head(hidden), new_memory
 
 
@@ -186,12 +196,20 @@ def init_params(config: XLNetConfig, rng: jax.Array) -> Any:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class XLNetPermutationLMModel:
-    """ProtXLNet's pre-training as the trainer sees it: XLNet's permutation LM on
-    `objectives.permutation_lm`'s features (PermutationLMFeatureConverter's batches).
+    """ProtXLNet's pre-training as the trainer sees it: XLNet's permutation LM, the
+    cross-entropy of the query stream's logits at the targets.
 
-    Every target is hidden from the model (a target never sees itself), so `accuracy` and
-    `masked_accuracy` coincide; both are kept for the demo and the other families' reports.
-    Memory (mem_len) is not carried between steps here: each row is one protein.
+    Two inputs, chosen by `config.mem_len`:
+    - mem_len 0: one protein per row (`objectives.permutation_lm`, PermutationLMFeatureConverter).
+    - mem_len > 0: XLNet's recipe with memory, rows cut from a stream of proteins
+      (`permutation_lm_stream`, data/permutation_stream.py). The carry (models/base.py,
+      relative_attention.memory_carry) holds each layer's input over the reused part of the
+      row's previous examples, the last mem_len positions (XLNet's `cache_mem` with
+      reuse_len), empty at the start of a run and of every evaluation. `config.reuse_len` must
+      be `permutation_lm_settings.reuse_len` (bind both from one gin macro).
+
+    Every target is hidden from the model (a target never sees itself), so `accuracy` counts
+    every prediction; `masked_accuracy` those that are residues (in a stream, not <eod>).
     """
 
     config: XLNetConfig = dataclasses.field(default_factory=XLNetConfig)
@@ -199,8 +217,12 @@ class XLNetPermutationLMModel:
     z_loss: float = 0.0
 
     family = "prot_xlnet"
-    feature_converter_cls = PermutationLMFeatureConverter
     headline_metrics = ("loss", "accuracy")
+    masked_label = "permuted-residue"  # what the demo calls its "masked" positions
+
+    @property
+    def feature_converter_cls(self) -> type:
+        return PermutationStreamFeatureConverter if self.config.mem_len > 0 else PermutationLMFeatureConverter
 
     @property
     def module(self) -> XLNet:
@@ -209,26 +231,49 @@ class XLNetPermutationLMModel:
     def init_params(self, rng: jax.Array) -> Any:
         return init_params(self.config, rng)
 
+    def init_carry(self, batch_size: int) -> dict | None:
+        """The empty memory of `batch_size` rows (None when mem_len is 0), after checking that
+        the model caches what the stream reuses."""
+        cfg = self.config
+        if cfg.mem_len > 0:
+            reuse_len = permutation_lm_settings()["reuse_len"]
+            if cfg.reuse_len != reuse_len:
+                raise UserError(f"XLNetConfig.reuse_len={cfg.reuse_len} but permutation_lm_settings.reuse_len="
+                                f"{reuse_len}: with memory (mem_len {cfg.mem_len}) the model must cache the "
+                                "reused part the stream repeats; bind both to one value")
+            if cfg.bi_data:
+                raise UserError("XLNetConfig.bi_data=True with memory: the stream has no backward half "
+                                "(data/permutation_stream.py); set bi_data=False or mem_len=0")
+        return memory_carry(cfg, batch_size)
+
     def logits(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None = None,
                train: bool = False) -> jax.Array:
-        """(b, num_predict, vocab) float32: the query stream's logits at the targets."""
-        logits, _ = self.module.apply(
-            {"params": params}, batch["encoder_input_tokens"], batch["attention_mask"], batch["token_types"],
-            batch["perm_mask"], batch["target_mapping"], None, not train,
-            rngs={"dropout": rng} if train else None)
-        return logits
+        """(b, num_predict, vocab) float32: the query stream's logits at the targets, no memory."""
+        return self._forward(params, batch, rng, train, None)[0]
 
-    def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
-                         train: bool) -> tuple[jax.Array, Metrics]:
-        logits = self.logits(params, batch, rng, train)
+    def _forward(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None,
+                 train: bool, carry: Mapping[str, jax.Array] | None) -> tuple[jax.Array, jax.Array | None]:
+        """(the logits at the targets, the new memory or None)."""
+        memory, valid = memory_of(carry)
+        return self.module.apply(
+            {"params": params}, batch["encoder_input_tokens"], batch["attention_mask"], batch["token_types"],
+            batch["perm_mask"], batch["target_mapping"], memory, not train, valid,
+            rngs={"dropout": rng} if train else None)
+
+    def loss_and_metrics(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool,
+                         carry: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, Metrics, dict | None]:
+        """(loss_sum, metrics, the next carry); with no carry, the example alone (no memory)."""
+        logits, new_memory = self._forward(params, batch, rng, train, carry)
         weights = batch["target_weights"]
-        loss_sum, metrics = token_metrics(logits, batch["target_tokens"], weights, weights,
+        loss_sum, metrics = token_metrics(logits, batch["target_tokens"], weights,
+                                          batch.get("target_masked_weights", weights),
                                           self.label_smoothing, self.z_loss)
         metrics["sequences"] = Sum(count_sequences(batch["attention_mask"], None))
-        return loss_sum, metrics
+        cached = self.config.reuse_len or batch["encoder_input_tokens"].shape[1]  # what update_memory keeps
+        return loss_sum, metrics, next_carry(carry, new_memory, cached)
 
     def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return batch["target_tokens"], batch["target_weights"]
+        return batch["target_tokens"], batch.get("target_masked_weights", batch["target_weights"])
 
     def flops_per_batch(self, batch: Mapping[str, Any]) -> float:
         """Model FLOPs of one training step (3x the forward: forward + 2x backward):

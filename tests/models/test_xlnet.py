@@ -255,7 +255,8 @@ def test_permutation_lm_loss_equals_hf_on_left_padded_real_proteins():
     batch = permutation_lm_batch(sample_proteins(4, 20), length=24, num_predict=5)
     assert batch["attention_mask"].sum(axis=1).min() < 24  # some padding
     model = XLNetPermutationLMModel(config)
-    loss_sum, metrics = model.loss_and_metrics(params, batch, jax.random.key(0), train=False)
+    loss_sum, metrics, carry = model.loss_and_metrics(params, batch, jax.random.key(0), train=False)
+    assert carry is None  # no carry in, none out
     ours_logits = model.logits(params, batch)
     left = left_padded_batch(batch)
     labels = np.where(left["target_weights"] > 0, left["target_tokens"], -100)
