@@ -151,13 +151,19 @@ def two_shard_corpus(tmp_path_factory):
     return root / "corpus"
 
 
-# Tiny ProtT5, or tiny ProtTXL over the stream (each host its own rows, their memory carried).
+# Tiny ProtT5, tiny ProtTXL over the stream (each host its own rows, their memory carried),
+# or tiny ProtXLNet (each protein's factorisation order drawn from seqio's seeds, in tf.data).
 FAMILY_FLAGS = {
     "prot_t5": ["--gin_file=gin/experiments/prot_t5_tiny_sample.gin", "--gin.INPUTS_LENGTH=64",
                 "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"],
     "prot_txl": ["--gin_file=gin/experiments/prot_txl_tiny_sample.gin", "--gin.INPUTS_LENGTH=32",
                  "--gin.MIXTURE_OR_TASK_NAME='sample_causal_lm'", "--gin.TransfoXLConfig.mem_len=32",
                  "--gin.TransfoXLConfig.dropout_prob=0.1"],
+    "prot_xlnet": ["--gin_file=gin/experiments/prot_xlnet_tiny_sample.gin", "--gin.INPUTS_LENGTH=32",
+                   "--gin.MIXTURE_OR_TASK_NAME='sample_permutation_lm'", "--gin.XLNetConfig.num_layers=1",
+                   "--gin.XLNetConfig.hidden_size=32", "--gin.XLNetConfig.head_dim=8",
+                   "--gin.XLNetConfig.intermediate_size=64",
+                   "--gin.XLNetConfig.dropout_prob=0.1", "--gin.XLNetConfig.attention_dropout_prob=0.1"],
 }
 
 
@@ -184,7 +190,7 @@ def saved_steps(model_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["prot_t5", "prot_txl"])
+@pytest.mark.parametrize("family", ["prot_t5", "prot_txl", "prot_xlnet"])
 def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard_corpus, family):
     # Steps take ~0.2 s: the remaining ones leave seconds for the notice to reach every host
     # (a loaded machine once ran all of a 7-step job before it arrived).

@@ -13,12 +13,14 @@ import optax
 import pytest
 
 from prottrans_jax import partitioning
+from prottrans_jax.data import objectives
 from prottrans_jax.models.albert import AlbertConfig, AlbertMLMModel
 from prottrans_jax.models.base import Average, Sum, summarize
 from prottrans_jax.models.bert import BertConfig, BertMLMModel
 from prottrans_jax.models.electra import ElectraConfig, ElectraPretrainModel
 from prottrans_jax.models.encoder_decoder import EncoderDecoderModel
 from prottrans_jax.models.t5 import T5Config
+from prottrans_jax.models.xlnet import SPECIAL_IDS, XLNetConfig, XLNetPermutationLMModel
 from prottrans_jax.trainer import Trainer, peak_flops_per_device
 
 # Tiny T5 (both stacks, relative bias, packing, dropout) that compiles in a few seconds.
@@ -79,6 +81,25 @@ TINY_ELECTRA = ElectraConfig(vocab_size=30, embedding_size=32, max_position_embe
                              hidden_dropout_prob=0.1, attention_dropout_prob=0.1, dtype="float32")
 
 
+# Tiny XLNet (relative attention, segment term, two-stream attention, dropout).
+TINY_XLNET = XLNetConfig(vocab_size=32, hidden_size=32, num_layers=1, num_heads=4, head_dim=8,
+                         intermediate_size=64, dropout_prob=0.1, attention_dropout_prob=0.1, dtype="float32")
+
+
+def xlnet_permutation_batch(seed=0, rows=8, length=24):
+    """A permutation_lm-shaped batch: one protein per row (`residues <sep> <cls>`, then
+    <pad>), of varied lengths, with its factorisation order and targets."""
+    rng = np.random.default_rng(seed)
+    num_predict = objectives.permutation_lm_num_predict(length)
+    examples = [objectives.permutation_lm_example(
+        rng.integers(9, 30, int(rng.integers(length // 2, length - 1))), length, num_predict, rng,
+        sep_id=SPECIAL_IDS["<sep>"], cls_id=SPECIAL_IDS["<cls>"], pad_id=SPECIAL_IDS["<pad>"]) for _ in range(rows)]
+    names = {"inputs": "encoder_input_tokens", "input_mask": "attention_mask", "token_types": "token_types",
+             "perm_mask": "perm_mask", "target_mapping": "target_mapping", "targets": "target_tokens",
+             "target_weights": "target_weights"}
+    return {converted: np.stack([example[name] for example in examples]) for name, converted in names.items()}
+
+
 def one_step(partitioner, model, batch, num_microbatches=1, params=None):
     """Params before and after one train step, and the step's summarised metrics.
 
@@ -100,17 +121,18 @@ def one_step(partitioner, model, batch, num_microbatches=1, params=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["prot_t5", "prot_bert", "prot_albert", "prot_electra"])
+@pytest.mark.parametrize("family", ["prot_t5", "prot_bert", "prot_albert", "prot_electra", "prot_xlnet"])
 def test_train_step_on_meshes_and_rule_sets_equals_one_device(family):
     """Every rule set on a (4, 2) mesh, and on (8, 1), where the tensor-parallel sets equal
     their data-parallel twins (a `model` axis of 1), the data-parallel and FSDP sets. The
     later families share BERT's layers and run the (4, 2) layouts only ((8, 1) tests the data
     axis alone, and each compile costs seconds); ELECTRA's step samples the generator with the
-    step's rng, on every mesh alike."""
+    step's rng, on every mesh alike; XLNet's, two-stream attention under a perm mask."""
     model, batch = {"prot_t5": lambda: (EncoderDecoderModel(TINY), packed_batch()),
                     "prot_bert": lambda: (BertMLMModel(TINY_BERT), bert_packed_batch()),
                     "prot_albert": lambda: (AlbertMLMModel(TINY_ALBERT), bert_packed_batch()),
-                    "prot_electra": lambda: (ElectraPretrainModel(TINY_ELECTRA), bert_packed_batch())}[family]()
+                    "prot_electra": lambda: (ElectraPretrainModel(TINY_ELECTRA), bert_packed_batch()),
+                    "prot_xlnet": lambda: (XLNetPermutationLMModel(TINY_XLNET), xlnet_permutation_batch())}[family]()
     single = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
     before, after, metrics = one_step(single, model, batch)
     grads = jax.tree.map(lambda a, b: a - b, before, after)

@@ -5,15 +5,7 @@ import numpy as np
 import pytest
 
 from prottrans_jax.downstream import taxonomy, tsne
-
-
-def _png_is_nontrivial(path, min_bytes=20_000):
-    import matplotlib.image
-
-    assert path.stat().st_size > min_bytes
-    pixels = matplotlib.image.imread(path)
-    assert pixels.std() > 0.05  # not a blank canvas
-    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50  # several colours
+from tests.downstream.conftest import assert_png_is_nontrivial
 
 
 def test_amino_acid_tsne_from_hf_directory(tiny_t5_hf_dir, tmp_path):
@@ -27,7 +19,7 @@ def test_amino_acid_tsne_from_hf_directory(tiny_t5_hf_dir, tmp_path):
     assert letters[0] == "A" and rows.shape == (20, 32)
     random = np.random.default_rng(1).normal(size=rows.shape)
     path = tsne.plot_amino_acids(rows, random, "fake", tmp_path / "aa.png")
-    _png_is_nontrivial(path)
+    assert_png_is_nontrivial(path)
 
 
 def test_amino_acid_rows_of_a_bert_directory_follow_its_vocab_txt(tiny_bert_hf_dir):
@@ -72,5 +64,5 @@ def test_protein_level_tsne_on_scope_subset(shared_data, tmp_path):
             str(taxonomy.DEFAULT_TAXONOMY_DIR),
         ]
     )
-    _png_is_nontrivial(tmp_path / "tsne_amino_acids.png")
-    _png_is_nontrivial(tmp_path / "tsne_scope_proteins.png")
+    assert_png_is_nontrivial(tmp_path / "tsne_amino_acids.png")
+    assert_png_is_nontrivial(tmp_path / "tsne_scope_proteins.png")
