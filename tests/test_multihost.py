@@ -152,7 +152,8 @@ def two_shard_corpus(tmp_path_factory):
 
 
 # Tiny ProtT5, tiny ProtTXL over the stream (each host its own rows, their memory carried),
-# or tiny ProtXLNet (each protein's factorisation order drawn from seqio's seeds, in tf.data).
+# or tiny ProtXLNet with memory as XLNet trains (each host its own stream rows, their
+# factorisation orders seeded by host and batch, their memory carried).
 FAMILY_FLAGS = {
     "prot_t5": ["--gin_file=gin/experiments/prot_t5_tiny_sample.gin", "--gin.INPUTS_LENGTH=64",
                 "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"],
@@ -160,7 +161,9 @@ FAMILY_FLAGS = {
                  "--gin.MIXTURE_OR_TASK_NAME='sample_causal_lm'", "--gin.TransfoXLConfig.mem_len=32",
                  "--gin.TransfoXLConfig.dropout_prob=0.1"],
     "prot_xlnet": ["--gin_file=gin/experiments/prot_xlnet_tiny_sample.gin", "--gin.INPUTS_LENGTH=32",
-                   "--gin.MIXTURE_OR_TASK_NAME='sample_permutation_lm'", "--gin.XLNetConfig.num_layers=1",
+                   "--gin.MIXTURE_OR_TASK_NAME='sample_permutation_lm_stream'", "--gin.XLNetConfig.mem_len=32",
+                   "--gin.XLNetConfig.reuse_len=16", "--gin.permutation_lm_settings.reuse_len=16",
+                   "--gin.permutation_lm_settings.perm_size=16", "--gin.XLNetConfig.num_layers=1",
                    "--gin.XLNetConfig.hidden_size=32", "--gin.XLNetConfig.head_dim=8",
                    "--gin.XLNetConfig.intermediate_size=64",
                    "--gin.XLNetConfig.dropout_prob=0.1", "--gin.XLNetConfig.attention_dropout_prob=0.1"],
