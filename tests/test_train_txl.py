@@ -76,9 +76,12 @@ def test_the_carry_goes_through_microbatches_with_its_rows(single_device_run):
     np.testing.assert_allclose(micro_metrics["loss"], full_metrics["loss"], rtol=1e-6, atol=1e-6)
 
 
-def test_the_carry_is_sharded_along_the_batch_and_the_step_equals_one_device(single_device_run):
+@pytest.mark.parametrize("rule_set", sorted(partitioning.RULE_SETS))
+def test_the_carry_is_sharded_along_the_batch_and_the_step_equals_one_device(single_device_run, rule_set):
+    """Three steps on a (4, 2) mesh under each rule set equal one device's: parameters,
+    metrics, and the memory, which stays sharded along the batch."""
     model, params, (_, full_params, full_carry, full_metrics) = single_device_run
-    mesh = partitioning.Partitioner(mesh_shape=(4, 2), rule_set="fsdp_tensor_parallel")
+    mesh = partitioning.Partitioner(mesh_shape=(4, 2), rule_set=rule_set)
     state, got_params, got_carry, got_metrics = run_steps(mesh, model, stream_batches(3), params=params)
     assert tuple(state["carry"]["memory"].sharding.spec)[0] == "data"
     assert tuple(state["carry"]["valid"].sharding.spec)[0] == "data"
