@@ -77,12 +77,18 @@ def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size
                                     pack, converter_cls), start)
 
 
+# The seed of every evaluation's crops, masks and orders: one that no training stream draws with
+# (those use train.seed, + 1000 per phase), so that an evaluation of the training split scores
+# masks the model never trained on.
+EVAL_SEED = 2**31 - 1
+
+
 def eval_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
                  batch_size: int, num_batches: int | None, shard_info=None, pack: bool = True,
                  converter_cls: type | None = None):
     """The evaluation split, in order: the first `num_batches` batches, or all of it."""
     batches = dataset.get_batches(task_name, split, feature_lengths, batch_size, shuffle=False,
-                                  seed=0, pack=pack, num_epochs=None if num_batches else 1,
+                                  seed=EVAL_SEED, pack=pack, num_epochs=None if num_batches else 1,
                                   shard_info=shard_info, converter_cls=converter_cls)
     if num_batches:
         batches = batches.take(num_batches)
