@@ -153,6 +153,19 @@ def test_the_model_caches_what_the_stream_reuses():
         "PermutationLMFeatureConverter"
 
 
+def test_the_flops_count_the_memory_as_keys():
+    """Memory adds its k and v projections, M more keys and distances per query in both
+    streams' scores and weighted values, and M more relative positions."""
+    rows, length, predictions, memory = 4, LENGTH, 3, TINY.mem_len
+    batch = {"encoder_input_tokens": np.zeros((rows, length)), "target_mapping": np.zeros((rows, predictions, length))}
+    with_memory = XLNetPermutationLMModel(TINY).flops_per_batch(batch)
+    without = XLNetPermutationLMModel(dataclasses.replace(TINY, mem_len=0)).flops_per_batch(batch)
+    d, a, layers = TINY.hidden_size, TINY.num_heads * TINY.head_dim, TINY.num_layers
+    extra = 3 * (rows * (2 * memory * layers * 2 * d * a + layers * 4 * a * length * 3 * memory)
+                 + layers * 2 * memory * d * a)
+    assert with_memory - without == extra and without > 0
+
+
 # ------------------------------------------------------------------ the train command
 
 GIN = "--gin_file=gin/experiments/prot_xlnet_tiny_sample.gin"

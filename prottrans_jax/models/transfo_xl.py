@@ -144,9 +144,10 @@ class TransfoXLCausalLMModel:
 
     The carry (models/base.py, relative_attention.memory_carry) is each layer's input over the
     last mem_len tokens of the row, without gradient (as Transformer-XL), and which of them
-    hold a token yet (a new run, and every evaluation, starts with none). `masked_accuracy` / `masked_loss` are the next-residue
-    figures (targets that are residues, not the separator); `accuracy` / `loss` count every
-    target, the separator too, as Transformer-XL's loss does.
+    hold a token yet (a new run, and every evaluation, starts with none). `masked_accuracy` /
+    `masked_loss` are the next-residue figures (targets that are residues, not the
+    separator); `accuracy` / `loss` count every target, the separator too, as Transformer-XL's
+    loss does.
     """
 
     config: TransfoXLConfig = dataclasses.field(default_factory=TransfoXLConfig)

@@ -278,26 +278,31 @@ class XLNetPermutationLMModel:
     def flops_per_batch(self, batch: Mapping[str, Any]) -> float:
         """Model FLOPs of one training step (3x the forward: forward + 2x backward):
 
-            3 * (rows * (2 * (L * layers * (4 d a + 2 d f) + m * layers * (2 d a + 2 d f) + m d V)
-                         + layers * (16 a L^2 + 4 a m L))
-                 + layers * 2 * 2L * d a)
+            3 * (rows * (2 * (L * layers * (4 d a + 2 d f) + M * layers * 2 d a
+                              + m * layers * (2 d a + 2 d f) + m d V)
+                         + layers * (4 a L (2 K + P) + 4 a m L))
+                 + layers * 2 * P * d a)
 
-        a = heads * head_dim, L the length, m = num_predict. The content stream runs every
-        projection and the FFN over L tokens; the query stream only q, o and the FFN over its
-        m predictions, but its attention, moved to the target positions as XLNet does, scores
-        all L queries: per stream and layer 2a L^2 each for content scores (ac), position
-        scores over 2L distances (bd, 2x) and the weighted values; 4 a m L moves q and the
-        output between the m predictions and L positions. The LM head sees the m targets;
-        the relative-position projection (2L distances) runs once per batch.
+        a = heads * head_dim, L the length, m = num_predict, M = mem_len (0 without a carry),
+        K = M + L keys, P = K + L relative distances. The content stream runs every projection
+        and the FFN over L tokens, k and v over the memory too (it holds layer inputs); the
+        query stream only q, o and the FFN over its m predictions, but its attention, moved to
+        the target positions as XLNet does, scores all L queries: per stream and layer 2 a L K
+        each for the content scores (ac) and the weighted values, 2 a L P for the position
+        scores (bd); 4 a m L moves q and the output between the m predictions and L positions.
+        The LM head sees the m targets; the relative-position projection runs once per batch.
+        Attention is counted dense (masked entries included), as it is computed.
         """
         cfg = self.config
         rows, length = batch["encoder_input_tokens"].shape
         predictions = batch["target_mapping"].shape[1]
         d, f, a, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_layers
-        dense = (length * layers * (4 * d * a + 2 * d * f) + predictions * layers * (2 * d * a + 2 * d * f)
-                 + predictions * d * cfg.vocab_size)
-        attention = layers * (16 * a * length ** 2 + 4 * a * predictions * length)
-        positions = layers * 2 * (2 * length) * d * a
+        memory = cfg.mem_len if self.feature_converter_cls is PermutationStreamFeatureConverter else 0
+        keys, distances = memory + length, memory + 2 * length
+        dense = (length * layers * (4 * d * a + 2 * d * f) + memory * layers * 2 * d * a
+                 + predictions * layers * (2 * d * a + 2 * d * f) + predictions * d * cfg.vocab_size)
+        attention = layers * (4 * a * length * (2 * keys + distances) + 4 * a * predictions * length)
+        positions = layers * 2 * distances * d * a
         return float(3 * (rows * (2 * dense + attention) + positions))
 
 
