@@ -110,6 +110,19 @@ def test_an_evaluation_starts_from_an_empty_memory(single_device_run):
     np.testing.assert_allclose(result["loss"], total / (3 * ROWS * SEG), rtol=1e-5, atol=1e-6)
 
 
+def test_without_memory_the_model_trains_with_no_carry():
+    """mem_len 0: no carry in the state, and the step takes the model's (loss, metrics)."""
+    model = TransfoXLCausalLMModel(dataclasses.replace(TINY, mem_len=0))
+    single = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
+    trainer = Trainer(model, optax.sgd(0.1), single)
+    state = trainer.init_state()
+    assert "carry" not in state
+    with single.context():
+        batch = single.host_local_batch_to_global(stream_batches(1)[0])
+        state, metrics = trainer.train_step(state, batch, trainer.new_metrics(batch))
+    assert int(state["step"]) == 1 and np.isfinite(summarize(metrics)["loss"])
+
+
 # ------------------------------------------------------------------ the train command
 
 GIN = "--gin_file=gin/experiments/prot_txl_tiny_sample.gin"

@@ -297,7 +297,7 @@ class XLNetPermutationLMModel:
         rows, length = batch["encoder_input_tokens"].shape
         predictions = batch["target_mapping"].shape[1]
         d, f, a, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_layers
-        memory = cfg.mem_len if self.feature_converter_cls is PermutationStreamFeatureConverter else 0
+        memory = cfg.mem_len  # > 0: the stream's carried memory
         keys, distances = memory + length, memory + 2 * length
         dense = (length * layers * (4 * d * a + 2 * d * f) + memory * layers * 2 * d * a
                  + predictions * layers * (2 * d * a + 2 * d * f) + predictions * d * cfg.vocab_size)
