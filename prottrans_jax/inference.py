@@ -22,7 +22,8 @@ Attention (`attention`, models/dot_product_attention.py): "auto" embeds the prot
 `max_length` with "xla" ("cudnn" on a GPU in bfloat16 / float16) and each longer one with
 "chunked", whose memory grows linearly with length, so a 35,213-residue protein fits where
 the dense scores would need hundreds of GiB; "xla", "chunked" or "cudnn" use one for all.
-A family without chunked attention (XLNet, Transformer-XL) keeps "xla" under "auto".
+A family without chunked attention would keep "xla" under "auto" (every family has it now;
+XLNet's and Transformer-XL's tiles compute the relative shift: models/relative_scores.py).
 """
 
 from __future__ import annotations

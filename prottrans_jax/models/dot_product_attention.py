@@ -3,9 +3,11 @@
     out = dot_product_attention(query, key, value, bias, implementation="chunked", block_size=512)
 
 query (batch, q, heads, head_dim), key and value (batch, k, heads, head_dim), `bias` an
-`AttentionBias` (the description of the additive logit bias, never a dense array). No logit
-scaling happens here: T5 folds 1/sqrt(head_dim) into the query initialisation, BERT scales
-the queries before calling.
+`AttentionBias` (the description of the additive logit bias, never a dense array), and for
+Transformer-XL's relative attention (XLNet, ProtTXL) `scores`, a `RelativeScores`: its
+position and segment terms and mask, computed per tile as the bias is. No logit scaling
+happens here: T5 folds 1/sqrt(head_dim) into the query initialisation, BERT and the relative
+models scale the queries before calling.
 
 - "xla": the dense computation (logits and softmax in float32): memory O(q * k).
 - "chunked": query blocks x key blocks with an online softmax (Rabe & Staats 2021,
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention_bias import AttentionBias
+from prottrans_jax.models.relative_scores import RelativeScores
 
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn")
 
@@ -29,8 +32,8 @@ IMPLEMENTATIONS = ("xla", "chunked", "cudnn")
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: AttentionBias, *,
                           implementation: str = "xla", block_size: int = 512, dropout_rate: float = 0.0,
                           dropout_rng: jax.Array | None = None, deterministic: bool = True,
-                          dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """softmax(q k^T + bias) v per head, (batch, q, heads, head_dim) in `dtype`.
+                          dtype: jnp.dtype = jnp.float32, scores: RelativeScores | None = None) -> jax.Array:
+    """softmax(q k^T + bias [+ scores]) v per head, (batch, q, heads, head_dim) in `dtype`.
 
     Attention dropout (`dropout_rate`, when not `deterministic`) needs `dropout_rng`.
     """
@@ -39,15 +42,18 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, bi
     if (bias.query_length, bias.key_length) != (query.shape[1], key.shape[1]):
         raise ValueError(f"dot_product_attention: bias is ({bias.query_length}, {bias.key_length}), "
                          f"attention is ({query.shape[1]}, {key.shape[1]})")
+    if scores is not None and (scores.query_length, scores.key_length) != (query.shape[1], key.shape[1]):
+        raise ValueError(f"dot_product_attention: scores are ({scores.query_length}, {scores.key_length}), "
+                         f"attention is ({query.shape[1]}, {key.shape[1]})")
     dropout = 0.0 if deterministic else float(dropout_rate)
     if dropout > 0.0 and dropout_rng is None:
         raise ValueError("dot_product_attention: attention dropout needs dropout_rng")
     if implementation == "xla":
-        return _xla(query, key, value, bias, dropout, dropout_rng, dtype)
+        return _xla(query, key, value, bias, dropout, dropout_rng, dtype, scores)
     if implementation == "chunked":
-        return _chunked(query, key, value, bias, block_size, dropout, dropout_rng, dtype)
+        return _chunked(query, key, value, bias, block_size, dropout, dropout_rng, dtype, scores)
     if implementation == "cudnn":
-        return _cudnn(query, key, value, bias, dropout, dtype)
+        return _cudnn(query, key, value, bias, dropout, dtype, scores)
     raise UserError(f"attention_implementation={implementation!r}; expected one of {IMPLEMENTATIONS}")
 
 
@@ -73,11 +79,13 @@ def _dropout_keep(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Ar
 # ----------------------------------------------------------------------------------- xla
 
 
-def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype) -> jax.Array:
+def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, scores=None) -> jax.Array:
     """The dense computation, exactly what MultiHeadAttention always did."""
     # Accumulate and keep the logits in float32 even when the inputs are bfloat16.
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     logits = logits + bias.dense()
+    if scores is not None:
+        logits = logits + scores.dense()
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     if dropout > 0.0:
         keep = _dropout_keep(rng, dropout, weights.shape)
@@ -104,7 +112,7 @@ def _pad_length(x: jax.Array, length: int) -> jax.Array:
 
 
 def _chunked(query, key, value, bias: AttentionBias, block_size: int, dropout: float, rng,
-             dtype) -> jax.Array:
+             dtype, scores=None) -> jax.Array:
     """Memory-efficient attention: never more than one (q block, k block) tile of logits.
 
     Each query block scans the key blocks keeping a running max m, normaliser l and
@@ -123,6 +131,7 @@ def _chunked(query, key, value, bias: AttentionBias, block_size: int, dropout: f
     q_count, k_count = -(-q_length // q_block), -(-k_length // k_block)
     q_padded, k_padded = q_count * q_block, k_count * k_block
     tiles = bias.padded(q_padded, k_padded)
+    score_tiles = None if scores is None else scores.padded(q_padded, k_padded)
     q_blocks = _blocks(_pad_length(query, q_padded), q_block)
     k_blocks = _blocks(_pad_length(key, k_padded), k_block)
     v_blocks = _blocks(_pad_length(value, k_padded), k_block)
@@ -132,6 +141,8 @@ def _chunked(query, key, value, bias: AttentionBias, block_size: int, dropout: f
         k, v, ki = xs
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         logits = logits + tiles.block(qi * q_block, q_block, ki * k_block, k_block)
+        if score_tiles is not None:
+            logits = logits + score_tiles.block(qi * q_block, q_block, ki * k_block, k_block)
         real = (ki * k_block + jnp.arange(k_block)) < k_length  # the keys that are not our padding
         logits = jnp.where(real, logits, -jnp.inf)
         # The running max only shifts the exponent; the result does not depend on it.
@@ -163,15 +174,18 @@ def _chunked(query, key, value, bias: AttentionBias, block_size: int, dropout: f
 # --------------------------------------------------------------------------------- cudnn
 
 
-def _cudnn(query, key, value, bias: AttentionBias, dropout: float, dtype) -> jax.Array:
+def _cudnn(query, key, value, bias: AttentionBias, dropout: float, dtype, scores=None) -> jax.Array:
     """The fused cuDNN kernel: the position bias as (1 or b, heads, q, k) in the compute dtype,
     padding as sequence lengths (rows are right-padded everywhere here: the feature
-    converters and `embed` pad at the end), packing as a boolean mask, causal as its flag."""
+    converters and `embed` pad at the end), packing as a boolean mask, causal as its flag.
+    Relative `scores` join the bias, dense (b, heads, q, k): the kernel takes any bias."""
     check_available("cudnn", dtype)
     if dropout > 0.0:
         raise UserError("attention_implementation='cudnn' has no attention dropout: set the attention "
                         "dropout rate to 0 or use 'xla' or 'chunked'")
     position = bias.position_bias(0, bias.query_length, 0, bias.key_length)
+    if scores is not None:
+        position = scores.dense() if position is None else position + scores.dense()
     mask, query_lengths, key_lengths = None, None, None
     if bias.query_segments is not None:
         mask = bias.allowed(0, bias.query_length, 0, bias.key_length, causal=False)

@@ -15,6 +15,11 @@ transformers 5 has no shared variant), keys and values over `memory ++ segment`,
 after the attention and after the ReLU FFN. Transformer-XL is the special case "uni" attention
 (causal over memory and segment), one stream, no segment term.
 
+Attention runs through the one entry point (models/dot_product_attention.py): q . k there, the
+position and segment terms and the mask as `RelativeScores` (models/relative_scores.py), so
+`attention_implementation` 'chunked' computes them tile by tile and 'cudnn' takes them as its
+bias.
+
 XLNet's query stream (`g`, the two-stream attention of pre-training) uses the same projections
 as the content stream `h` and attends to `h`'s keys and values with its own mask.
 
@@ -35,10 +40,12 @@ import jax
 import jax.numpy as jnp
 
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention_bias import MASKED_LOGIT
+from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias
 from prottrans_jax.models.base import ComputeDtypes
+from prottrans_jax.models.dot_product_attention import dot_product_attention
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
                                          remat_layer)
+from prottrans_jax.models.relative_scores import RelativeScores
 
 ATTN_TYPES = ("bi", "uni")
 
@@ -75,17 +82,13 @@ class RelativeConfig(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = False
-    attention_implementation: str = "xla"  # only "xla": the relative shift has no chunked form yet
+    attention_implementation: str = "xla"  # "chunked": the relative shift per tile (relative_scores.py)
     attention_block_size: int = 512
 
     def check_relative_fields(self, positive: tuple[str, ...] = ()) -> None:
         self.check_fields(("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim",
                            "intermediate_size", *positive),
                           {"hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES})
-        if self.attention_implementation != "xla":
-            raise UserError(f"{type(self).__name__}.attention_implementation="
-                            f"{self.attention_implementation!r}: only 'xla' is implemented for relative-shift "
-                            f"attention (chunked and cudnn are not yet implemented for XLNet / Transformer-XL)")
         for name in ("mem_len", "reuse_len"):
             if getattr(self, name) < 0:
                 raise UserError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
@@ -100,7 +103,8 @@ class RelativeConfig(ComputeDtypes):
 
 def relative_distances(qlen: int, klen: int, attn_type: str) -> jax.Array:
     """The distances the sinusoids encode, largest first: klen .. -qlen+1 ("bi") or klen .. 0
-    ("uni", no future keys): XLNet's pos_seq (one more than a query needs; see rel_shift)."""
+    ("uni", no future keys): XLNet's pos_seq (one more than a query needs; see
+    relative_scores.rel_shift)."""
     if attn_type == "bi":
         pos_seq = jnp.arange(klen, -qlen, -1)
     elif attn_type == "uni":
@@ -156,15 +160,6 @@ def visibility_to_bias(visible: jax.Array) -> jax.Array:
     return jnp.where(visible, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None]
 
 
-def rel_shift(x: jax.Array, klen: int) -> jax.Array:
-    """(b, n, q, P) scores against the P distances -> (b, n, q, klen) against the keys:
-    entry (i, j) becomes the score of distance mlen + i - j (XLNet's `rel_shift_bnij`, the
-    reshape trick of Transformer-XL). Keys a "uni" query may not see get other scores: masked."""
-    b, n, q, p = x.shape
-    x = x.reshape(b, n, p, q)[:, :, 1:, :]
-    return x.reshape(b, n, q, p - 1)[..., :klen]
-
-
 def update_memory(x: jax.Array, memory: jax.Array, mem_len: int, reuse_len: int = 0) -> jax.Array | None:
     """The next memory of one layer: the last mem_len of `memory ++ x[:, :reuse_len]`, with no
     gradient (as the original); None when mem_len is 0."""
@@ -203,7 +198,6 @@ class RelativeAttention(nn.Module):
         if self.segments:
             self.r_s_bias = param("r_s_bias", (heads, hd), ("heads", "kv"))
             self.seg_embed = param("seg_embed", (2, heads, hd), (None, "heads", "kv"))
-        self.dropout = nn.Dropout(cfg.attention_dropout_prob)
 
     def _cast(self, w: jax.Array) -> jax.Array:
         return jnp.asarray(w, self.config.compute_dtype)
@@ -214,21 +208,23 @@ class RelativeAttention(nn.Module):
 
     def core(self, q: jax.Array, k: jax.Array, v: jax.Array, k_r: jax.Array, bias: jax.Array | None,
              different_segment: jax.Array | None) -> jax.Array:
-        """Attention of queries q (b, i, n, h) over keys k, v (b, j, n, h): (b, i, n, h)."""
-        f32 = dict(preferred_element_type=jnp.float32)
-        ac = jnp.einsum("bind,bjnd->bnij", q + self._cast(self.r_w_bias), k, **f32)
-        spec = "bind,pnd->bnip" if k_r.shape[0] == 1 else "bind,bpnd->bnip"
-        bd = jnp.einsum(spec, q + self._cast(self.r_r_bias), k_r[0] if k_r.shape[0] == 1 else k_r, **f32)
-        score = ac + rel_shift(bd, k.shape[1])
+        """Attention of queries q (b, i, n, h) over keys k, v (b, j, n, h): (b, i, n, h), through
+        the one entry point: q . k there, the position and segment terms and the mask as
+        `RelativeScores`, per tile when the implementation is `chunked`."""
+        cfg = self.config
+        scale = cfg.head_dim ** -0.5
+        scaled = lambda bias_name: (q + self._cast(getattr(self, bias_name))) * jnp.asarray(scale, q.dtype)  # noqa: E731
+        segments = {}
         if different_segment is not None:
-            ef = jnp.einsum("bind,snd->bnis", q + self._cast(self.r_s_bias), self._cast(self.seg_embed), **f32)
-            score = score + jnp.where(different_segment[:, None], ef[..., 1:], ef[..., :1])
-        score = score * (self.config.head_dim ** -0.5)
-        if bias is not None:
-            score = score + bias
-        weights = jax.nn.softmax(score, axis=-1).astype(self.config.compute_dtype)
-        weights = self.dropout(weights, deterministic=self.deterministic)
-        return jnp.einsum("bnij,bjnd->bind", weights, v)
+            segments = dict(segment_query=scaled("r_s_bias"), segment_embed=self._cast(self.seg_embed),
+                            different_segment=different_segment)
+        scores = RelativeScores.create(scaled("r_r_bias"), k_r, k.shape[1], mask_bias=bias, **segments)
+        return dot_product_attention(
+            scaled("r_w_bias"), k, v, AttentionBias.create(q.shape[1], k.shape[1]), scores=scores,
+            implementation=cfg.attention_implementation, block_size=cfg.attention_block_size,
+            dropout_rate=cfg.attention_dropout_prob, deterministic=self.deterministic,
+            dropout_rng=None if self.deterministic or not cfg.attention_dropout_prob else self.make_rng("dropout"),
+            dtype=cfg.compute_dtype)
 
     def out(self, attn_vec: jax.Array) -> jax.Array:
         y = jnp.einsum("blnh,nhd->bld", attn_vec, self._cast(self.o))

@@ -271,8 +271,9 @@ def test_attention_fields_are_checked():
         T5Config(attention_implementation="flash")
     with pytest.raises(UserError, match="attention_block_size must be positive"):
         BertConfig(attention_block_size=0)
-    with pytest.raises(UserError, match="not yet implemented for XLNet"):
-        XLNetConfig(attention_implementation="chunked")
+    with pytest.raises(UserError, match="XLNetConfig.attention_implementation='flash'; expected one of"):
+        XLNetConfig(attention_implementation="flash")
+    assert XLNetConfig(attention_implementation="chunked").attention_implementation == "chunked"
     assert "attention_implementation" in T5Config.RUNTIME_FIELDS
     from prottrans_jax.models.gin_utils import config_from_gin
 
