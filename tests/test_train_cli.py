@@ -238,8 +238,8 @@ def test_a_bug_keeps_its_traceback_and_a_user_mistake_is_one_line(tmp_path, monk
 def test_sigterm_is_saved_within_a_few_steps_of_the_signal(corpus, tmp_path, monkeypatch, capsys):
     """A SIGTERM's save once waited for every step the loop had dispatched ahead of the
     device (about 35 on a CPU; a spot preemption gives 30 s). Now at most
-    `max_steps_in_flight` steps are pending when the signal arrives, and the delay from the
-    signal to the finished checkpoint is a few steps plus the write itself."""
+    `max_steps_in_flight` steps are pending when the signal arrives (asserted), so the
+    checkpoint follows the signal by a few steps plus the write itself (printed)."""
     from prottrans_jax import trainer as trainer_lib
 
     times, pending = {"steps": []}, []
@@ -268,13 +268,10 @@ def test_sigterm_is_saved_within_a_few_steps_of_the_signal(corpus, tmp_path, mon
     assert "stop requested: checkpoint saved at step 40" in capsys.readouterr().out
     assert pending[0] <= 2
     step_seconds = float(np.median(np.diff(times["steps"][10:40])))
-    (save_started, saved), = [s for s in times["saves"] if s[0] > times["signal"]]
-    # The same save again, with nothing in flight: what the write alone costs.
-    again_started = time.perf_counter()
-    with checkpoints.Checkpointer(tmp_path / "again") as again:
-        again.save_now(40, result["state"], {"step": 40})
-    write_seconds = time.perf_counter() - again_started
-    delay = saved - times["signal"]
-    print(f"SIGTERM -> saved: {delay:.3f} s; one step {step_seconds * 1e3:.1f} ms; "
-          f"the write alone {write_seconds:.3f} s; {pending[0]} steps pending at the signal")
-    assert delay <= write_seconds + 4 * step_seconds + 2.0, (delay, write_seconds, step_seconds)
+    (_, saved), = [s for s in times["saves"] if s[0] > times["signal"]]
+    # The exact checks are above: at most 2 steps in flight at the signal, none dispatched
+    # after it (the run stopped at step 40). The delay is printed, not bounded: the old wait
+    # (~35 steps of ~15 ms) is smaller than what a loaded 2-core machine adds to a save
+    # (0.3-2.4 s measured), so a time bound could only flake.
+    print(f"SIGTERM -> saved: {saved - times['signal']:.3f} s; one step {step_seconds * 1e3:.1f} ms; "
+          f"{pending[0]} steps pending at the signal")
