@@ -9,6 +9,7 @@ import pytest
 
 from prottrans_jax import model_dir as model_dir_lib
 from prottrans_jax.downstream import evaluate, tsne
+from prottrans_jax.downstream.datasets import ProteinSet
 from tests.downstream.conftest import SHARED_DATA, assert_png_is_nontrivial
 
 DEEPLOC = SHARED_DATA / "deeploc" / "deeploc_la_val_set.fasta"
@@ -55,8 +56,7 @@ def test_localisation_heads_train_on_a_trained_model_dir(trained_xl_model_dir, t
 
     # The per-protein features the heads trained on: the model's width, one row per protein.
     source = evaluate.FeatureSource("unused", model_dir=str(model_dir))
-    toy = type("Dataset", (), {"ids": ["a", "b"], "sequences": ["MKTAYIAKQR", "GSHMWW"], "name": "toy",
-                               "__len__": lambda self: 2})()
+    toy = ProteinSet("toy", ["a", "b"], ["MKTAYIAKQR", "GSHMWW"], np.zeros(2, int), np.zeros(2, int), ("x",))
     means = source(toy, per_residue=False)
     assert means.shape == (2, 32) and np.isfinite(means).all()
     assert not np.allclose(means[0], means[1])
