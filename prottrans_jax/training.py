@@ -95,19 +95,6 @@ def eval_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
     return batches.as_numpy_iterator()
 
 
-def _check_task_converter(task, model) -> None:
-    """A task of an objective whose converter is not the model's is refused, even where the
-    task features agree (a causal-LM stream and XLNet's permutation stream read the same
-    proteins)."""
-    objective = registry.objective_of(task)
-    wanted = model.feature_converter_cls
-    if objective is not None and objective.feature_converter_cls is not wanted:
-        raise UserError(f"task {task.name!r} is of objective {objective.name!r}, laid out by "
-                        f"{objective.feature_converter_cls.__name__}, but model {type(model).__name__} "
-                        f"({model.family}) reads batches through {wanted.__name__}: choose a task of this "
-                        "model's objective")
-
-
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -191,8 +178,7 @@ def train(*,
     _import_task_module(mixture_or_task_module)
     task = dataset.get_task(mixture_or_task_name)
     check_task_fits(task.name, task.output_features, model.feature_converter_cls,
-                    f"model {type(model).__name__} ({model.family})")
-    _check_task_converter(task, model)
+                    f"model {type(model).__name__} ({model.family})", registry.objective_of(task))
     vocabulary = _task_vocabulary(task, model)
     if task_feature_lengths is None:
         if inputs_length is None:

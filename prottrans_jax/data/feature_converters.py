@@ -128,11 +128,19 @@ class PermutationLMFeatureConverter(seqio.FeatureConverter):
         return {_PERMUTATION_LM[k][0]: task_feature_lengths[k] for k in self.TASK_FEATURES}
 
 
-def check_task_fits(task_name: str, task_features, converter_cls: type, model_name: str) -> None:
-    """Raises ValueError (one line) unless the task provides exactly the converter's features."""
+def check_task_fits(task_name: str, task_features, converter_cls: type, model_name: str,
+                    objective=None) -> None:
+    """Raises UserError (one line) unless the task provides exactly the converter's features
+    and, for a task of a registered `objective` (data/registry.py), that objective lays its
+    batches out with the same converter: the features alone can agree where the layouts do
+    not (a causal-LM stream and XLNet's permutation stream read the same proteins)."""
     wanted, have = set(converter_cls.TASK_FEATURES), set(task_features)
     if wanted != have:
         raise UserError(
             f"task {task_name!r} has features {sorted(have)}, but {model_name} reads "
             f"{sorted(wanted)} through {converter_cls.__name__}: choose a task of this model's "
             "objective, or the model of this task's objective")
+    if objective is not None and objective.feature_converter_cls is not converter_cls:
+        raise UserError(f"task {task_name!r} is of objective {objective.name!r}, laid out by "
+                        f"{objective.feature_converter_cls.__name__}, but {model_name} reads batches "
+                        f"through {converter_cls.__name__}: choose a task of this model's objective")
