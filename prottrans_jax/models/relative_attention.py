@@ -160,13 +160,18 @@ def visibility_to_bias(visible: jax.Array) -> jax.Array:
     return jnp.where(visible, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None]
 
 
+def cached_length(reuse_len: int, length: int) -> int:
+    """How many positions of a segment of `length` enter the memory: its first reuse_len, or
+    all of it when reuse_len is 0."""
+    return min(reuse_len, length) if reuse_len > 0 else length
+
+
 def update_memory(x: jax.Array, memory: jax.Array, mem_len: int, reuse_len: int = 0) -> jax.Array | None:
     """The next memory of one layer: the last mem_len of `memory ++ x[:, :reuse_len]`, with no
     gradient (as the original); None when mem_len is 0."""
     if mem_len <= 0:
         return None
-    if reuse_len > 0:
-        x = x[:, :reuse_len]
+    x = x[:, :cached_length(reuse_len, x.shape[1])]
     return jax.lax.stop_gradient(jnp.concatenate([memory.astype(x.dtype), x], axis=1)[:, -mem_len:])
 
 
@@ -213,7 +218,9 @@ class RelativeAttention(nn.Module):
         `RelativeScores`, per tile when the implementation is `chunked`."""
         cfg = self.config
         scale = cfg.head_dim ** -0.5
-        scaled = lambda bias_name: (q + self._cast(getattr(self, bias_name))) * jnp.asarray(scale, q.dtype)  # noqa: E731
+        def scaled(bias_name):
+            return (q + self._cast(getattr(self, bias_name))) * jnp.asarray(scale, q.dtype)
+
         segments = {}
         if different_segment is not None:
             segments = dict(segment_query=scaled("r_s_bias"), segment_embed=self._cast(self.seg_embed),
@@ -376,12 +383,14 @@ def memory_of(carry: dict | None) -> tuple[jax.Array | None, jax.Array | None]:
     return jnp.swapaxes(carry["memory"], 0, 1), carry["valid"]
 
 
-def next_carry(carry: dict | None, new_memory: jax.Array | None, added: int) -> dict | None:
-    """The carry after a step whose stack returned `new_memory`, `added` positions longer."""
+def next_carry(config: RelativeConfig, carry: dict | None, new_memory: jax.Array | None,
+               segment_length: int) -> dict | None:
+    """The carry after a step over `segment_length` positions whose stack returned `new_memory`
+    (the positions `update_memory` kept are now valid)."""
     if carry is None:
         return None
     return {"memory": jax.lax.stop_gradient(jnp.swapaxes(new_memory, 0, 1)),
-            "valid": next_memory_valid(carry["valid"], added)}
+            "valid": next_memory_valid(carry["valid"], cached_length(config.reuse_len, segment_length))}
 
 
 def word_embedding(config: RelativeConfig, name: str = "word_embedding") -> Embed:

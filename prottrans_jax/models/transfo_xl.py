@@ -47,9 +47,9 @@ import numpy as np
 from prottrans_jax import families
 from prottrans_jax.data.stream import StreamFeatureConverter
 from prottrans_jax.models.base import Metrics, token_metrics
-from prottrans_jax.models.relative_attention import (RelativeConfig, RelativeStack, TiedLmHead, causal_visibility,
-                                                     checked_memory, memory_carry, memory_of, next_carry,
-                                                     next_memory_valid, relative_position_embedding,
+from prottrans_jax.models.relative_attention import (RelativeConfig, RelativeStack, TiedLmHead, cached_length,
+                                                     causal_visibility, checked_memory, memory_carry, memory_of,
+                                                     next_carry, next_memory_valid, relative_position_embedding,
                                                      visibility_to_bias, word_embedding)
 from prottrans_jax.vocab import ProteinVocabulary, prot_txl_vocabulary
 
@@ -178,7 +178,7 @@ class TransfoXLCausalLMModel:
                                                rngs={"dropout": rng} if train else None)
         loss_sum, metrics = token_metrics(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
                                           batch["decoder_masked_weights"], self.label_smoothing, self.z_loss)
-        return loss_sum, metrics, next_carry(carry, new_memory, tokens.shape[1])
+        return loss_sum, metrics, next_carry(self.config, carry, new_memory, tokens.shape[1])
 
     def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return batch["decoder_target_tokens"], batch["decoder_masked_weights"]
@@ -261,7 +261,7 @@ class TransfoXLEncoder:
         def step(carry, segment_tokens):
             memory, memory_valid = carry
             hidden, new_memory = encode(segment_tokens, memory, memory_valid)
-            return (new_memory, next_memory_valid(memory_valid, segment)), hidden
+            return (new_memory, next_memory_valid(memory_valid, cached_length(cfg.reuse_len, segment))), hidden
 
         _, hidden = jax.lax.scan(step, start, segments)
         return jnp.swapaxes(hidden, 0, 1).reshape(batch, count * segment, cfg.hidden_size)[:, :length]

@@ -269,8 +269,7 @@ class XLNetPermutationLMModel:
                                           batch.get("target_masked_weights", weights),
                                           self.label_smoothing, self.z_loss)
         metrics["sequences"] = Sum(count_sequences(batch["attention_mask"], None))
-        cached = self.config.reuse_len or batch["encoder_input_tokens"].shape[1]  # what update_memory keeps
-        return loss_sum, metrics, next_carry(carry, new_memory, cached)
+        return loss_sum, metrics, next_carry(self.config, carry, new_memory, batch["encoder_input_tokens"].shape[1])
 
     def masked_targets(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return batch["target_tokens"], batch.get("target_masked_weights", batch["target_weights"])
