@@ -16,7 +16,7 @@ after the attention and after the ReLU FFN. Transformer-XL is the special case "
 (causal over memory and segment), one stream, no segment term.
 
 Attention runs through the one entry point (models/dot_product_attention.py): q . k there, the
-position and segment terms and the mask as `RelativeScores` (models/relative_scores.py), so
+position and segment terms and the mask as `RelativeScores` and `RelativeMask` (models/relative_scores.py), so
 `attention_implementation` 'chunked' computes them tile by tile and 'cudnn' takes them as its
 bias.
 
@@ -40,12 +40,12 @@ import jax
 import jax.numpy as jnp
 
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias
+from prottrans_jax.models.attention_bias import AttentionBias
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.dot_product_attention import dot_product_attention
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
                                          remat_layer)
-from prottrans_jax.models.relative_scores import RelativeScores
+from prottrans_jax.models.relative_scores import RelativeMask, RelativeScores
 
 ATTN_TYPES = ("bi", "uni")
 
@@ -142,24 +142,6 @@ def _clamp(pos_seq: jax.Array, clamp_len: int) -> jax.Array:
     return jnp.clip(pos_seq, -clamp_len, clamp_len) if clamp_len > 0 else pos_seq
 
 
-def causal_visibility(qlen: int, mlen: int, same_length: bool = False) -> jax.Array:
-    """Boolean (qlen, mlen + qlen): query i sees the memory and segment positions <= i; with
-    `same_length`, also not the keys more than mlen before it (XLNet's `create_mask`)."""
-    query = jnp.arange(qlen)[:, None]
-    key = jnp.arange(mlen + qlen)[None, :]
-    visible = key <= query + mlen
-    if same_length:
-        visible = jnp.logical_and(visible, key >= query)
-    return visible
-
-
-def visibility_to_bias(visible: jax.Array) -> jax.Array:
-    """Boolean (..., q, k) -> additive float32 bias (batch or 1, 1, q, k) on the scores."""
-    if visible.ndim == 2:
-        visible = visible[None]
-    return jnp.where(visible, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None]
-
-
 def cached_length(reuse_len: int, length: int) -> int:
     """How many positions of a segment of `length` enter the memory: its first reuse_len, or
     all of it when reuse_len is 0."""
@@ -211,8 +193,8 @@ class RelativeAttention(nn.Module):
         y = jnp.einsum("bld,dnh->blnh", x, self._cast(getattr(self, name)))
         return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
-    def core(self, q: jax.Array, k: jax.Array, v: jax.Array, k_r: jax.Array, bias: jax.Array | None,
-             different_segment: jax.Array | None) -> jax.Array:
+    def core(self, q: jax.Array, k: jax.Array, v: jax.Array, k_r: jax.Array, mask: RelativeMask,
+             segment_types: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         """Attention of queries q (b, i, n, h) over keys k, v (b, j, n, h): (b, i, n, h), through
         the one entry point: q . k there, the position and segment terms and the mask as
         `RelativeScores`, per tile when the implementation is `chunked`."""
@@ -222,10 +204,10 @@ class RelativeAttention(nn.Module):
             return (q + self._cast(getattr(self, bias_name))) * jnp.asarray(scale, q.dtype)
 
         segments = {}
-        if different_segment is not None:
+        if segment_types is not None:
             segments = dict(segment_query=scaled("r_s_bias"), segment_embed=self._cast(self.seg_embed),
-                            different_segment=different_segment)
-        scores = RelativeScores.create(scaled("r_r_bias"), k_r, k.shape[1], mask_bias=bias, **segments)
+                            segment_types=segment_types)
+        scores = RelativeScores.create(scaled("r_r_bias"), k_r, k.shape[1], mask=mask, **segments)
         return dot_product_attention(
             scaled("r_w_bias"), k, v, AttentionBias.create(q.shape[1], k.shape[1]), scores=scores,
             implementation=cfg.attention_implementation, block_size=cfg.attention_block_size,
@@ -238,24 +220,26 @@ class RelativeAttention(nn.Module):
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
     def __call__(self, h: jax.Array, g: jax.Array | None, memory: jax.Array, pos_emb: jax.Array,
-                 bias_h: jax.Array | None, bias_g: jax.Array | None, different_segment: jax.Array | None,
+                 mask_h: RelativeMask, mask_g: RelativeMask | None,
+                 segment_types: tuple[jax.Array, jax.Array] | None,
                  target_mapping: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
         """(content stream output, query stream output or None), before residual + LayerNorm.
 
-        memory (b, mlen, d); pos_emb (1 or b, P, d); biases (b or 1, 1, q, mlen + q);
-        different_segment (b, q, mlen + q) boolean or None; g (b, m, d) with target_mapping
+        memory (b, mlen, d); pos_emb (1 or b, P, d); each stream's `RelativeMask` over
+        mlen + q keys; segment_types (query types (b, q), key types (b, mlen + q)) or None
+        (no segment term); g (b, m, d) with target_mapping
         (b, m, q): the query stream's m predictions, each at the position its row selects.
         """
         keys_in = jnp.concatenate([memory.astype(h.dtype), h], axis=1)
         k, v = self.project(keys_in, "k"), self.project(keys_in, "v")
         k_r = jnp.einsum("bpd,dnh->bpnh", pos_emb.astype(h.dtype), self._cast(self.r))
-        out_h = self.out(self.core(self.project(h, "q"), k, v, k_r, bias_h, different_segment))
+        out_h = self.out(self.core(self.project(h, "q"), k, v, k_r, mask_h, segment_types))
         if g is None:
             return out_h, None
         q_g = self.project(g, "q")
         if target_mapping is not None:  # each prediction's query moved to its target position
             q_g = jnp.einsum("bmnd,bml->blnd", q_g, target_mapping.astype(q_g.dtype))
-        vec_g = self.core(q_g, k, v, k_r, bias_g, different_segment)
+        vec_g = self.core(q_g, k, v, k_r, mask_g, segment_types)
         if target_mapping is not None:
             vec_g = jnp.einsum("blnd,bml->bmnd", vec_g, target_mapping.astype(vec_g.dtype))
         return out_h, self.out(vec_g)
@@ -270,10 +254,10 @@ class RelativeLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping):
+    def __call__(self, h, g, memory, pos_emb, mask_h, mask_g, segment_types, target_mapping):
         cfg = self.config
         attn_h, attn_g = RelativeAttention(cfg, self.segments, self.deterministic, name="attention")(
-            h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping)
+            h, g, memory, pos_emb, mask_h, mask_g, segment_types, target_mapping)
         attention_norm = _norm(cfg, "attention_layer_norm")
         mlp = MlpBlock(cfg.intermediate_size, cfg.hidden_act, cfg.dropout_prob, cfg.compute_dtype,
                        cfg.parameter_dtype, use_bias=True, kernel_init=cfg.kernel_init, name="mlp")
@@ -303,11 +287,11 @@ class RelativeStack(nn.Module):
     segments: bool = False
 
     @nn.compact
-    def __call__(self, h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping,
+    def __call__(self, h, g, memory, pos_emb, mask_h, mask_g, segment_types, target_mapping,
                  deterministic: bool = True):
         cfg = self.config
         layer_cls = remat_layer(RelativeLayer, cfg.remat_policy, cfg.scan_layers)
-        broadcast = (pos_emb, bias_h, bias_g, different_segment, target_mapping)
+        broadcast = (pos_emb, mask_h, mask_g, segment_types, target_mapping)
         make = lambda name: layer_cls(cfg, self.segments, deterministic, name=name)  # noqa: E731
         if not cfg.scan_layers:
             new_memory = []

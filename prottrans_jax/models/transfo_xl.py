@@ -48,9 +48,9 @@ from prottrans_jax import families
 from prottrans_jax.data.stream import StreamFeatureConverter
 from prottrans_jax.models.base import Metrics, token_metrics
 from prottrans_jax.models.relative_attention import (RelativeConfig, RelativeStack, TiedLmHead, cached_length,
-                                                     causal_visibility, checked_memory, memory_carry, memory_of,
-                                                     next_carry, next_memory_valid, relative_position_embedding,
-                                                     visibility_to_bias, word_embedding)
+                                                     checked_memory, memory_carry, memory_of, next_carry,
+                                                     next_memory_valid, relative_position_embedding, word_embedding)
+from prottrans_jax.models.relative_scores import RelativeMask
 from prottrans_jax.vocab import ProteinVocabulary, prot_txl_vocabulary
 
 
@@ -112,12 +112,11 @@ class TransfoXL(nn.Module):
         x = nn.with_logical_constraint(self.dropout(x, deterministic=deterministic), ("batch", "length", "embed"))
         pos_emb = relative_position_embedding(qlen, mlen + qlen, cfg.hidden_size, "uni", cfg.clamp_len)
         pos_emb = self.dropout(pos_emb.astype(cfg.compute_dtype), deterministic=deterministic)
-        visible = causal_visibility(qlen, mlen, cfg.same_length)
+        key_visible = None
         if memory_valid is not None:
-            keys = jnp.concatenate([memory_valid.astype(bool), jnp.ones((batch, qlen), bool)], axis=1)
-            visible = jnp.logical_and(visible[None], keys[:, None, :])
-        bias = visibility_to_bias(visible)
-        h, _, new_memory = self.stack(x, None, memory, pos_emb, bias, None, None, None, deterministic)
+            key_visible = jnp.concatenate([memory_valid.astype(bool), jnp.ones((batch, qlen), bool)], axis=1)
+        mask = RelativeMask(memory_length=mlen, causal=True, same_length=cfg.same_length, key_visible=key_visible)
+        h, _, new_memory = self.stack(x, None, memory, pos_emb, mask, None, None, None, deterministic)
         return self.dropout(h, deterministic=deterministic), new_memory
 
     def __call__(self, tokens: jax.Array, memory: jax.Array | None = None,

@@ -50,9 +50,9 @@ from prottrans_jax.data.permutation_stream import PermutationStreamFeatureConver
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.base import Metrics, Sum, count_sequences, token_metrics
 from prottrans_jax.models.relative_attention import (ATTN_TYPES, RelativeConfig, RelativeStack, TiedLmHead,
-                                                     causal_visibility, checked_memory, memory_carry, memory_of,
-                                                     next_carry, relative_position_embedding, visibility_to_bias,
-                                                     word_embedding)
+                                                     checked_memory, memory_carry, memory_of, next_carry,
+                                                     relative_position_embedding, word_embedding)
+from prottrans_jax.models.relative_scores import RelativeMask
 from prottrans_jax.vocab import ProteinVocabulary, prot_xlnet_vocabulary
 
 # zihangdai/xlnet data_utils.py `special_symbols`, hard-coded in the training code.
@@ -123,7 +123,7 @@ class XLNet(nn.Module):
         batch, qlen = tokens.shape
         memory = checked_memory(cfg, memory, batch)
         mlen = memory.shape[2]
-        bias_h, bias_g = self._attention_biases(batch, qlen, mlen, attention_mask, perm_mask, memory_valid)
+        mask_h, mask_g = self._attention_masks(batch, qlen, mlen, attention_mask, perm_mask, memory_valid)
 
         h = self.dropout(self.word_embedding(tokens), deterministic=deterministic)
         g = None
@@ -131,46 +131,39 @@ class XLNet(nn.Module):
             mask_emb = jnp.asarray(self.mask_emb, cfg.compute_dtype)
             g = jnp.broadcast_to(mask_emb, (batch, target_mapping.shape[1], cfg.hidden_size))
             g = self.dropout(g, deterministic=deterministic)
-        different_segment = None
+        segment_types = None
         if token_types is not None:  # memory counts as segment 0
             key_types = jnp.concatenate([jnp.zeros((batch, mlen), token_types.dtype), token_types], axis=1)
-            different_segment = token_types[:, :, None] != key_types[:, None, :]
+            segment_types = (token_types, key_types)
         pos_emb = relative_position_embedding(qlen, mlen + qlen, cfg.hidden_size, cfg.attn_type, cfg.clamp_len,
                                               cfg.bi_data, batch)
         pos_emb = self.dropout(pos_emb.astype(cfg.compute_dtype), deterministic=deterministic)
-        h, g, new_memory = self.stack(h, g, memory, pos_emb, bias_h, bias_g, different_segment, target_mapping,
+        h, g, new_memory = self.stack(h, g, memory, pos_emb, mask_h, mask_g, segment_types, target_mapping,
                                       deterministic)
         out = self.dropout(h if g is None else g, deterministic=deterministic)
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_memory
 
-    def _attention_biases(self, batch: int, qlen: int, mlen: int, attention_mask: jax.Array | None,
-                          perm_mask: jax.Array | None, memory_valid: jax.Array | None = None
-                          ) -> tuple[jax.Array | None, jax.Array | None]:
-        """(content stream bias, query stream bias), None where nothing is masked.
+    def _attention_masks(self, batch: int, qlen: int, mlen: int, attention_mask: jax.Array | None,
+                         perm_mask: jax.Array | None, memory_valid: jax.Array | None = None
+                         ) -> tuple[RelativeMask, RelativeMask]:
+        """(content stream mask, query stream mask), described per query and per key (the
+        perm mask aside), so that `chunked` attention never builds one of L x L.
 
         Masked (XLNet): the causal mask ("uni"), padding keys, perm_mask; memory only where
         `memory_valid` says it holds no token yet. The content stream may always see its own
         position; the query stream may not when perm_mask says so (a target must not see itself).
         """
-        masked = None
-        if self.config.attn_type == "uni":
-            masked = ~causal_visibility(qlen, mlen, self.config.same_length)[None]
-        data = None
-        if attention_mask is not None:
-            data = jnp.broadcast_to(~attention_mask.astype(bool)[:, None, :], (batch, qlen, qlen))
-        if perm_mask is not None:
-            perm = perm_mask.astype(bool)
-            data = perm if data is None else jnp.logical_or(data, perm)
-        if data is not None or memory_valid is not None:
-            hidden_memory = (jnp.zeros((batch, qlen, mlen), bool) if memory_valid is None
-                             else jnp.broadcast_to(~memory_valid.astype(bool)[:, None, :], (batch, qlen, mlen)))
-            data = jnp.concatenate([hidden_memory, jnp.zeros((batch, qlen, qlen), bool) if data is None else data],
-                                   axis=2)
-            masked = data if masked is None else jnp.logical_or(masked, data)
-        if masked is None:
-            return None, None
-        itself = jnp.arange(mlen + qlen)[None, :] == jnp.arange(qlen)[:, None] + mlen
-        return visibility_to_bias(~masked | itself), visibility_to_bias(~masked)
+        key_visible = None
+        if attention_mask is not None or memory_valid is not None:
+            memory_part = jnp.ones((batch, mlen), bool) if memory_valid is None else memory_valid.astype(bool)
+            segment_part = jnp.ones((batch, qlen), bool) if attention_mask is None else attention_mask.astype(bool)
+            key_visible = jnp.concatenate([memory_part, segment_part], axis=1)
+        hidden = None
+        if perm_mask is not None:  # the memory is never hidden by it
+            hidden = jnp.concatenate([jnp.zeros((batch, qlen, mlen), bool), perm_mask.astype(bool)], axis=2)
+        query_stream = RelativeMask(memory_length=mlen, causal=self.config.attn_type == "uni",
+                                    same_length=self.config.same_length, key_visible=key_visible, hidden=hidden)
+        return query_stream.replace(sees_itself=True), query_stream
 
     def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
                  token_types: jax.Array | None = None, perm_mask: jax.Array | None = None,
