@@ -135,3 +135,23 @@ def test_without_gin_the_json_says_what_to_carry(tmp_path):
     sections = json.loads(out.read_text())["sections"]
     assert set(sections) == {"long_protein", "t5_train", "embed", "bert_train"}
     assert all("gin-config is not installed" in s["all"]["skipped"] for s in sections.values())
+
+
+def test_the_gpu_only_tests_collect_under_the_stand_ins_and_skip_without_a_gpu(tmp_path):
+    """benchmarks/gpu_tests.py, which accelerator_run.sh runs on the GPU image (no seqio, no
+    TensorFlow), imports every model module its tests need through the stand-ins; on a CPU each
+    selected test is skipped for want of a GPU, none errors, so on the GPU they all run."""
+    import xml.etree.ElementTree as ElementTree
+
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("on a GPU these tests run (benchmarks/gpu_tests.py) rather than skip")
+    report = tmp_path / "gpu_tests.xml"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_tests.py"), "--junitxml", str(report)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    suite = ElementTree.parse(report).getroot().find("testsuite")
+    counts = {key: int(suite.get(key)) for key in ("tests", "skipped", "errors", "failures")}
+    assert counts["tests"] >= 4 and counts == {**counts, "skipped": counts["tests"], "errors": 0, "failures": 0}
+    assert all("CUDA GPU" in case.find("skipped").get("message") for case in suite.iter("testcase")), done.stdout
