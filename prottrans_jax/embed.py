@@ -3,7 +3,7 @@ r"""Embeddings for whole proteomes: FASTA in, HDF5 of the encoder's last hidden 
     python -m prottrans_jax.embed --fasta proteins.fasta --output embeddings.h5 \
         (--model_dir DIR | --hf_model DIR) [--per_residue] [--per_protein] \
         [--dtype bfloat16|float16|float32] [--max_tokens N] [--max_length L] [--policy error|skip] \
-        [--attention auto|xla|chunked|cudnn] [--compilation_cache_dir DIR|off]
+        [--attention auto|xla|chunked|cudnn|pallas] [--compilation_cache_dir DIR|off]
 
 Any family (`prottrans_jax.families`): `--model_dir`, a trainer MODEL_DIR (family, config and
 vocabulary from its model.json, parameters of the latest checkpoint, optimizer state never
@@ -29,10 +29,12 @@ defaults: --max_tokens 4096 padded tokens per batch on CPU, 16384 on accelerator
 --max_length 1000 (prott5_embedder.py's max_seq_len): longer proteins are never truncated but
 embedded alone, and counted in the summary. --attention auto (the default) embeds those with
 chunked attention, whose memory grows linearly with length (a 35,213-residue protein with a
-ProtT5-XL-shaped encoder: README, Performance), and the others with dense attention (`xla`; cuDNN's fused
-kernel only on request, `--attention cudnn`, until its GPU test has run); dense attention memory grows with length squared (ProtT5-XL in bf16:
-about heads x L^2 x 6 bytes per layer, ~13 GB at L = 8,000). A protein that runs out of device
-memory is skipped and reported by id.
+ProtT5-XL-shaped encoder: README, Performance), and the others with dense attention (`xla`).
+The fused GPU kernels run only on request until their GPU tests have run: cuDNN's
+(`--attention cudnn`) and the Pallas kernel that computes T5's bias inside it (`--attention
+pallas`, memory linear in length like chunked). Dense attention memory grows with length
+squared (ProtT5-XL in bf16: about heads x L^2 x 6 bytes per layer, ~13 GB at L = 8,000). A
+protein that runs out of device memory is skipped and reported by id.
 
 Resuming: re-running with the same output skips proteins already there. Each protein's
 dataset is written under `_incomplete/` and moved to its name once complete; the file is
@@ -264,7 +266,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                         help=f"longer proteins are embedded alone, never truncated (default {DEFAULT_MAX_LENGTH})")
     parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                         help="attention implementation: auto (default) is chunked above --max_length, dense "
-                             "(xla) up to it; xla, chunked or cudnn for all proteins")
+                             "(xla) up to it; xla, chunked, cudnn or pallas (CUDA GPUs) for all proteins")
     parser.add_argument("--policy", choices=("error", "skip"), default="error",
                         help="invalid FASTA records: stop (error) or drop and count (skip)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")

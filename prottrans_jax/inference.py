@@ -19,9 +19,10 @@ truncated: each is processed alone (one per device); one that runs out of device
 skipped and reported by id.
 
 Attention (`attention`, models/dot_product_attention.py): "auto" embeds the proteins up to
-`max_length` with "xla" ("cudnn" on a GPU in bfloat16 / float16) and each longer one with
-"chunked", whose memory grows linearly with length, so a 35,213-residue protein fits where
-the dense scores would need hundreds of GiB; "xla", "chunked" or "cudnn" use one for all.
+`max_length` with "xla" and each longer one with "chunked", whose memory grows linearly with
+length, so a 35,213-residue protein fits where the dense scores would need hundreds of GiB;
+"xla", "chunked", "cudnn" or "pallas" (the fused kernels: CUDA GPUs; opt-in until their GPU
+tests have run) use one for all.
 A family without chunked attention would keep "xla" under "auto" (every family has it now;
 XLNet's and Transformer-XL's tiles compute the relative shift: models/relative_scores.py).
 """
@@ -152,12 +153,12 @@ def with_attention(encoder: Any, implementation: str) -> Any:
 def attention_plan(model: InferenceModel, attention: str = "auto") -> dict[str, str]:
     """{"attention": the request, "attention_short": the implementation for proteins up to
     max_length, "attention_long": for the longer ones, embedded alone}; a one-line UserError
-    for an unknown choice or one that cannot run here (cudnn without a CUDA GPU)."""
+    for an unknown choice or one that cannot run here (cudnn or pallas without a CUDA GPU)."""
     if attention not in ATTENTION_CHOICES:
         raise UserError(f"--attention {attention!r}: expected one of {ATTENTION_CHOICES}")
     if attention == "auto":
-        # cudnn only on request: its GPU equality test (tests/models/test_dot_product_attention.py)
-        # has not yet run on a GPU, and an untested fused kernel is no default.
+        # cudnn and pallas only on request: their GPU equality tests (benchmarks/gpu_tests.py)
+        # have not yet run on a GPU, and an untested fused kernel is no default.
         short, long = "xla", "chunked"
     else:
         check_available(attention, model.dtype)

@@ -225,6 +225,7 @@ def test_bad_inputs_are_one_line_errors(embed, setup, tmp_path, capsys):
     assert "cannot read safetensors weights" in run("--hf_model", str(corrupt))
     if jax.default_backend() != "gpu":
         assert "needs a CUDA GPU" in run("--hf_model", hf_dir, "--attention", "cudnn")
+        assert "attention_implementation='pallas' needs a CUDA GPU" in run("--hf_model", hf_dir, "--attention", "pallas")
         assert not os.path.exists(tmp_path / "o.h5")
     bad_fasta = tmp_path / "bad.fasta"
     bad_fasta.write_text(">a\nMKT\n>b\nMK1T\n")

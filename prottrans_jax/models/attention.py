@@ -54,7 +54,7 @@ class MultiHeadAttention(nn.Module):
     T5: no biases, no 1/sqrt(d) logit scaling (T5 folds the 1/sqrt(head_dim) scale into the
     query initialisation). BERT: `use_bias` on the four projections and `scale_logits`.
     Logits are softmaxed in float32 after adding `bias` (mask + position bias);
-    `implementation` ("xla" | "chunked" | "cudnn") and `block_size` choose how
+    `implementation` ("xla" | "chunked" | "cudnn" | "pallas") and `block_size` choose how
     (models/dot_product_attention.py). None as `bias`: nothing added.
     """
 

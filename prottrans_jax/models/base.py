@@ -103,14 +103,15 @@ class ComputeDtypes:
     fields (every family's: parameters in float32, compute in bfloat16 by default), and the
     attention fields every family's config carries:
 
-        attention_implementation: str = "xla"   # "xla" | "chunked" | "cudnn"
-        attention_block_size: int = 512         # chunked: queries / keys per tile
+        attention_implementation: str = "xla"   # "xla" | "chunked" | "cudnn" | "pallas"
+        attention_block_size: int = 512         # chunked (and pallas' backward): queries / keys per tile
 
     They change how attention runs, not what the weights compute: a family lists
     ATTENTION_FIELDS in its RUNTIME_FIELDS, so training and embedding may differ there.
     """
 
     ATTENTION_FIELDS: ClassVar[tuple[str, ...]] = ("attention_implementation", "attention_block_size")
+    ATTENTION_IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = IMPLEMENTATIONS  # what the family's attention takes
 
     def check_dtypes(self) -> None:
         for name in ("dtype", "param_dtype"):
@@ -121,7 +122,7 @@ class ComputeDtypes:
         (the attention fields included), then the dtypes: the checks every family's config
         runs in `__post_init__`."""
         where = type(self).__name__
-        choices = {**choices, "attention_implementation": IMPLEMENTATIONS}
+        choices = {**choices, "attention_implementation": self.ATTENTION_IMPLEMENTATIONS}
         positive = (*positive, "attention_block_size")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -73,7 +73,7 @@ class BertConfig(ComputeDtypes):
     param_dtype: str = "float32"
     remat_policy: str = "none"  # "none" | "full" | "minimal"
     scan_layers: bool = False
-    attention_implementation: str = "xla"  # "xla" | "chunked" | "cudnn" (models/dot_product_attention.py)
+    attention_implementation: str = "xla"  # "xla" | "chunked" | "cudnn" | "pallas" (models/dot_product_attention.py)
     attention_block_size: int = 512  # chunked: queries / keys per tile
     pad_id: int = 0
 

@@ -18,7 +18,7 @@ after the attention and after the ReLU FFN. Transformer-XL is the special case "
 Attention runs through the one entry point (models/dot_product_attention.py): q . k there, the
 position and segment terms and the mask as `RelativeScores` and `RelativeMask` (models/relative_scores.py), so
 `attention_implementation` 'chunked' computes them tile by tile and 'cudnn' takes them as its
-bias.
+bias ('pallas', whose kernel computes only T5's and BERT's biases, is refused by the config).
 
 XLNet's query stream (`g`, the two-stream attention of pre-training) uses the same projections
 as the content stream `h` and attends to `h`'s keys and values with its own mask.
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention_bias import AttentionBias
 from prottrans_jax.models.base import ComputeDtypes
-from prottrans_jax.models.dot_product_attention import dot_product_attention
+from prottrans_jax.models.dot_product_attention import RELATIVE_IMPLEMENTATIONS, dot_product_attention
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
                                          remat_layer)
 from prottrans_jax.models.relative_scores import RelativeMask, RelativeScores
@@ -62,6 +62,8 @@ class RelativeConfig(ComputeDtypes):
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_prob", "attention_dropout_prob", "mem_len",
                                                   "dtype", "param_dtype", "remat_policy", "scan_layers",
                                                   *ComputeDtypes.ATTENTION_FIELDS)
+    # The Pallas kernel computes T5's and BERT's biases, not the relative scores.
+    ATTENTION_IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = RELATIVE_IMPLEMENTATIONS
 
     vocab_size: int = 32
     hidden_size: int = 1024

@@ -11,87 +11,27 @@ import pytest
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention_bias import AttentionBias, relative_position_bucket
 from prottrans_jax.models.dot_product_attention import dot_product_attention
-
-HEADS, HEAD_DIM, BUCKETS, MAX_DISTANCE = 4, 8, 32, 128
-TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def _inputs(batch, q_length, k_length, seed=0):
-    rng = np.random.default_rng(seed)
-    q = rng.normal(size=(batch, q_length, HEADS, HEAD_DIM)).astype(np.float32)
-    k = rng.normal(size=(batch, k_length, HEADS, HEAD_DIM)).astype(np.float32)
-    v = rng.normal(size=(batch, k_length, HEADS, HEAD_DIM)).astype(np.float32)
-    table = rng.normal(size=(HEADS, BUCKETS)).astype(np.float32)
-    cotangent = rng.normal(size=(batch, q_length, HEADS, HEAD_DIM)).astype(np.float32)
-    return [jnp.asarray(x) for x in (q, k, v, table, cotangent)]
-
-
-def _valid(lengths, length):
-    return jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]
-
-
-def _packed(length):
-    """Two packed rows (segments 1.., 0 = padding) with positions restarting per segment."""
-    rows = [[1] * 10 + [2] * 15 + [3] * 7, [1] * 20 + [2] * 12 + [3] * 3]
-    segments = np.zeros((2, length), np.int32)
-    positions = np.zeros((2, length), np.int32)
-    for row, ids in enumerate(rows):
-        segments[row, :len(ids)] = ids
-        for segment in set(ids):
-            where = np.flatnonzero(segments[row] == segment)
-            positions[row, where] = np.arange(len(where))
-    return jnp.asarray(segments), jnp.asarray(positions)
-
-
-def _case(name, table):
-    """(q_length, k_length, AttentionBias built from `table`) of one attention pattern."""
-    relative = dict(relative_table=table, num_buckets=BUCKETS, max_distance=MAX_DISTANCE)
-    arange = jnp.arange(37)[None, :]
-    if name == "encoder":  # bidirectional T5 bias, right padding
-        valid = _valid([37, 30], 37)
-        return 37, 37, AttentionBias.create(37, 37, query_positions=arange, key_positions=arange,
-                                            bidirectional=True, query_valid=valid, key_valid=valid, **relative)
-    if name == "decoder":  # causal T5 bias, right padding
-        valid = _valid([37, 25], 37)
-        return 37, 37, AttentionBias.create(37, 37, query_positions=arange, key_positions=arange,
-                                            bidirectional=False, causal=True, query_valid=valid,
-                                            key_valid=valid, **relative)
-    if name == "cross":  # no position bias, q length != k length
-        return 21, 37, AttentionBias.create(21, 37, query_valid=_valid([21, 15], 21), key_valid=_valid([37, 30], 37))
-    if name == "packed":  # segments, per-segment positions, trailing padding
-        segments, positions = _packed(37)
-        return 37, 37, AttentionBias.create(37, 37, query_positions=positions, key_positions=positions,
-                                            bidirectional=True, query_valid=segments > 0, key_valid=segments > 0,
-                                            query_segments=segments, key_segments=segments, **relative)
-    if name == "packed_decoder":
-        segments, positions = _packed(37)
-        return 37, 37, AttentionBias.create(37, 37, query_positions=positions, key_positions=positions,
-                                            bidirectional=False, causal=True, query_segments=segments,
-                                            key_segments=segments, **relative)
-    raise KeyError(name)
+from tests.models.conftest import (ATTENTION_CASES, BUCKETS, HEAD_DIM, HEADS, MAX_DISTANCE, TOL,
+                                  assert_fused_equals_xla, attention_case, attention_inputs, valid_rows,
+                                  value_and_grads)
 
 
 def _attention(implementation, name, block_size=16):
     """f(q, k, v, table) -> output, for one case and implementation."""
     def f(q, k, v, table):
-        _, _, bias = _case(name, table)
+        _, _, bias = attention_case(name, table)
         return dot_product_attention(q, k, v, bias, implementation=implementation, block_size=block_size)
     return f
 
 
-def _value_and_grads(f, q, k, v, table, cotangent):
-    out, vjp = jax.vjp(f, q, k, v, table)
-    return out, vjp(cotangent)
-
-
-@pytest.mark.parametrize("name", ["encoder", "decoder", "cross", "packed", "packed_decoder"])
+@pytest.mark.parametrize("name", ATTENTION_CASES)
 def test_chunked_equals_xla_in_outputs_and_gradients(name):
     """37 (and 21) positions in blocks of 16: lengths that do not divide the block."""
-    q_length, k_length, _ = _case(name, jnp.zeros((HEADS, BUCKETS)))
-    q, k, v, table, cotangent = _inputs(2, q_length, k_length)
-    expected, expected_grads = jax.jit(lambda *a: _value_and_grads(_attention("xla", name), *a))(
+    q_length, k_length, _ = attention_case(name, jnp.zeros((HEADS, BUCKETS)))
+    q, k, v, table, cotangent = attention_inputs(2, q_length, k_length)
+    expected, expected_grads = jax.jit(lambda *a: value_and_grads(_attention("xla", name), *a))(
         q, k, v, table, cotangent)
-    got, got_grads = jax.jit(lambda *a: _value_and_grads(_attention("chunked", name), *a))(
+    got, got_grads = jax.jit(lambda *a: value_and_grads(_attention("chunked", name), *a))(
         q, k, v, table, cotangent)
     np.testing.assert_allclose(got, expected, **TOL)
     for what, g, e in zip(("q", "k", "v", "table"), got_grads, expected_grads):
@@ -103,7 +43,7 @@ def test_chunked_equals_xla_in_outputs_and_gradients(name):
 @pytest.mark.parametrize("block_size", [1, 37, 64])
 def test_chunked_block_sizes(block_size):
     """One-position tiles, one tile exactly the length, and a block longer than the rows."""
-    q, k, v, table, _ = _inputs(2, 37, 37, seed=1)
+    q, k, v, table, _ = attention_inputs(2, 37, 37, seed=1)
     expected = _attention("xla", "encoder")(q, k, v, table)
     got = jax.jit(_attention("chunked", "encoder", block_size))(q, k, v, table)
     np.testing.assert_allclose(got, expected, **TOL)
@@ -111,8 +51,8 @@ def test_chunked_block_sizes(block_size):
 
 def test_fully_masked_rows_are_finite_and_match_xla():
     """A query row that may attend nowhere gives xla's uniform average, not NaN."""
-    q, k, v, _, _ = _inputs(1, 20, 20, seed=2)
-    bias = AttentionBias.create(20, 20, query_valid=_valid([12], 20), key_valid=_valid([0], 20))
+    q, k, v, _, _ = attention_inputs(1, 20, 20, seed=2)
+    bias = AttentionBias.create(20, 20, query_valid=valid_rows([12], 20), key_valid=valid_rows([0], 20))
     expected = dot_product_attention(q, k, v, bias, implementation="xla")
     got = dot_product_attention(q, k, v, bias, implementation="chunked", block_size=8)
     assert np.isfinite(np.asarray(got)).all()
@@ -127,7 +67,7 @@ def test_chunked_dropout_is_dropout_on_the_normalised_weights():
     length, rate = 37, 0.3
     q, k = (jnp.asarray(rng.normal(size=(2, length, HEADS, 40)), jnp.float32) for _ in range(2))
     v = jnp.broadcast_to(jnp.eye(length, 40)[None, :, None, :], (2, length, HEADS, 40))  # value j = e_j
-    _, _, bias = _case("encoder", jnp.asarray(rng.normal(size=(HEADS, BUCKETS)), jnp.float32))
+    _, _, bias = attention_case("encoder", jnp.asarray(rng.normal(size=(HEADS, BUCKETS)), jnp.float32))
     got = np.asarray(dot_product_attention(q, k, v, bias, implementation="chunked", block_size=16,
                                            dropout_rate=rate, dropout_rng=jax.random.key(5),
                                            deterministic=False))[..., :length]
@@ -142,7 +82,7 @@ def test_chunked_dropout_is_dropout_on_the_normalised_weights():
 def test_dense_bias_is_the_position_bias_plus_the_mask():
     """`dense()` is table[bucket(j - i)] + MASKED_LOGIT where masked, and `block` a tile of it."""
     table = jnp.asarray(np.random.default_rng(4).normal(size=(HEADS, BUCKETS)), jnp.float32)
-    _, _, bias = _case("decoder", table)
+    _, _, bias = attention_case("decoder", table)
     dense = bias.dense()
     buckets = relative_position_bucket(jnp.arange(37)[None, :] - jnp.arange(37)[:, None], False, BUCKETS,
                                        MAX_DISTANCE)
@@ -173,7 +113,7 @@ def test_chunked_gradient_memory_is_linear_in_length():
 
 
 def test_unknown_implementation_and_cudnn_without_gpu_are_one_line_errors():
-    q, k, v, table, _ = _inputs(1, 8, 8)
+    q, k, v, table, _ = attention_inputs(1, 8, 8)
     bias = AttentionBias.create(8, 8)
     with pytest.raises(UserError, match="expected one of"):
         dot_product_attention(q, k, v, bias, implementation="flash")
@@ -193,31 +133,8 @@ def test_bias_shape_mistakes_are_value_errors():
                     f"{jax.default_backend()})")
 @pytest.mark.parametrize("name,length", [("encoder", 128), ("decoder", 128), ("encoder", 37)])
 def test_cudnn_equals_xla_with_the_bias_gradient(name, length):
-    """Output and the gradient w.r.t. the relative-bias table (once silently zero in JAX for
-    some shapes) equal xla's, in bfloat16."""
-    rng = np.random.default_rng(0)
-    q, k, v, cotangent = (jnp.asarray(rng.normal(size=(2, length, HEADS, 64)), jnp.bfloat16) for _ in range(4))
-    table = jnp.asarray(rng.normal(size=(HEADS, BUCKETS)), jnp.float32)
-
-    def f(implementation):
-        def attend(q, k, v, table):
-            pos = jnp.arange(length)[None, :]
-            valid = _valid([length, length - 7], length)
-            bias = AttentionBias.create(length, length, relative_table=table, query_positions=pos, key_positions=pos,
-                                        num_buckets=BUCKETS, max_distance=MAX_DISTANCE,
-                                        bidirectional=name == "encoder", causal=name == "decoder",
-                                        query_valid=valid, key_valid=valid)
-            return dot_product_attention(q, k, v, bias, implementation=implementation, dtype=jnp.bfloat16)
-        return jax.jit(lambda *a: _value_and_grads(attend, *a))
-
-    expected, expected_grads = f("xla")(q, k, v, table, cotangent)
-    got, got_grads = f("cudnn")(q, k, v, table, cotangent)
-    rows = slice(0, length - 7)  # cudnn leaves padded query rows at 0, xla averages them
-    tol = dict(rtol=2e-2, atol=2e-2)
-    np.testing.assert_allclose(np.asarray(got[:, rows], np.float32), np.asarray(expected[:, rows], np.float32),
-                               **tol)
-    assert float(jnp.abs(expected_grads[3]).max()) > 1e-2
-    np.testing.assert_allclose(np.asarray(got_grads[3]), np.asarray(expected_grads[3]), rtol=5e-2, atol=5e-2)
+    """Output and the gradient w.r.t. the relative-bias table equal xla's, in bfloat16."""
+    assert_fused_equals_xla("cudnn", name, length)
 
 
 # ------------------------------------------------------------------------------ whole models
