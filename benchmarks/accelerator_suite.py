@@ -14,8 +14,8 @@ rewritten after each, so a run killed at its limit keeps what it measured):
   the datasheet peak that MFU divides by.
 - t5_train: ProtT5 train step at base size (gin/models/t5/base.gin), 512 + 512 tokens,
   bfloat16 compute, AdamW: tokens/s and MFU (the model's `flops_per_batch` over the device's
-  dense bf16 peak, `trainer.peak_flops_per_device`) with `xla`, `cudnn` and `chunked`
-  attention, beside Hugging Face `T5ForConditionalGeneration` (bf16 autocast) on the same
+  dense bf16 peak, `trainer.peak_flops_per_device`) with `xla`, `cudnn`, `chunked` and
+  `pallas` attention, beside Hugging Face `T5ForConditionalGeneration` (bf16 autocast) on the same
   device and batch (benchmarks/train_throughput.py's two steps).
 - embed: ProtT5-XL-shaped encoder over real proteins (a fixed sample of the bundled UniProtKB
   FASTA, long tail included) through `inference.embed_sequences` with `embed`'s default
@@ -24,6 +24,12 @@ rewritten after each, so a run killed at its limit keeps what it measured):
   fraction of peak FLOP/s (useful FLOPs, real tokens), beside HF `T5EncoderModel` in float16
   with prott5_embedder.py's batching (benchmarks/embed_throughput.py's loop).
 - bert_train: ProtBert (gin/models/bert/prot_bert.gin) train step, 512 tokens: MFU.
+- long_protein/pallas (GPU): the 35,213-residue protein again through the fused Pallas kernel
+  that computes T5's bias inside it (models/pallas_attention.py): time, and XLA's compiled
+  memory analysis (the process peak is the first measurement's by then).
+
+`--sections long_protein,t5_train,...` runs only those (the others are recorded as not
+selected): a second call that measures what the first one's budget skipped.
 
 Weights are random (speed only), dropout is off on both sides. Compilation is timed apart
 from steady state: train steps report compile seconds and the median / min of `rounds`
@@ -66,7 +72,9 @@ import import_stand_ins  # noqa: E402
 from prottrans_jax.errors import first_line  # noqa: E402  (imports nothing but sys)
 
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
-ATTENTION = ("xla", "cudnn", "chunked")
+ATTENTION = ("xla", "cudnn", "chunked", "pallas")
+GPU_ONLY = ("cudnn", "pallas")  # fused kernels for CUDA GPUs: recorded as skipped elsewhere
+SECTIONS = ("long_protein", "device", "t5_train", "embed", "bert_train")
 ATTENTION_SUMMARY = ("attention", "attention_short", "attention_long")  # what embed_sequences used
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -101,15 +109,19 @@ SMOKE = {  # tiny gin configs cut to one layer: the smoke run checks code paths,
 class Run:
     """The JSON being written: one entry per measurement, rewritten after each."""
 
-    def __init__(self, out: Path, budget_s: float, header: dict):
+    def __init__(self, out: Path, budget_s: float, header: dict, sections: tuple[str, ...] | None = None):
         self.out, self.budget_s, self.start = out, budget_s, time.perf_counter()
+        self.sections = sections  # None: every section
         self.result = {**header, "budget_seconds": budget_s, "sections": {}}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def measure(self, section: str, name: str, estimate_s: float, fn: Callable[[], dict]) -> dict:
-        """Runs fn unless it would overrun the budget; an exception is recorded, not raised."""
+        """Runs fn unless it would overrun the budget or its section was not selected; an
+        exception is recorded, not raised."""
+        if self.sections is not None and section not in self.sections:
+            return self.record(section, name, {"skipped": "not selected (--sections)"})
         spent = self.elapsed()
         if spent + estimate_s > self.budget_s:
             return self.record(section, name, {"skipped": f"time budget: {spent:.0f} s spent + ~{estimate_s:.0f} s "
@@ -130,6 +142,11 @@ class Run:
         status = entry.get("skipped") or entry.get("error") or "ok"
         print(f"[{self.elapsed():6.1f} s] {section}/{name}: {status}", flush=True)
         return entry
+
+    def why_not(self, section: str, name: str) -> str:
+        """Why a measurement that needs what `section/name` builds cannot run: its skip reason,
+        or that it failed."""
+        return self.result["sections"][section][name].get("skipped") or f"{section}/{name} failed"
 
     def write(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,7 +409,10 @@ def embed_hf(encoders: Encoders, spec: dict, proteins: list, device: str) -> dic
             "seconds": spread(times), "residues_per_second": round(residues / statistics.median(times), 1)}
 
 
-def long_protein(encoders: Encoders, spec: dict) -> dict:
+def long_protein(encoders: Encoders, spec: dict, attention: str, device_peak: bool = True) -> dict:
+    """One long random protein embedded alone with `attention`. `device_peak`: memory from the
+    device's peak statistics (only meaningful for the process's first measurement), else
+    from XLA's compiled memory analysis."""
     import jax
     import numpy as np
 
@@ -401,14 +421,14 @@ def long_protein(encoders: Encoders, spec: dict) -> dict:
     rng = np.random.default_rng(0)
     sequence = "".join(rng.choice(list(AMINO_ACIDS), spec["residues"]))
     protein = inference.Protein(f"random_{spec['residues']}", sequence)
-    model = encoders.model(spec["attention"])
+    model = encoders.model(attention)
     device = jax.local_devices()[0]
     stats_before = device.memory_stats()
-    cold, summary = embed_pass(model, [protein], spec["attention"])
+    cold, summary = embed_pass(model, [protein], attention)
     if summary["embedded"] != 1:
         raise RuntimeError(f"not embedded (out of memory: {summary['out_of_memory_ids']})")
-    warm, _ = embed_pass(model, [protein], spec["attention"])
-    stats = device.memory_stats()
+    warm, _ = embed_pass(model, [protein], attention)
+    stats = device.memory_stats() if device_peak else None
     result = {"model": encoders.describe(), "attention": {k: summary[k] for k in ATTENTION_SUMMARY},
               "residues": spec["residues"], "sequence": "random residues (seed 0)",
               "processed_alone": summary["long_processed_alone"] == 1,
@@ -525,13 +545,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget_s", type=float, default=None, help="default: 440 (full), 600 (smoke)")
     parser.add_argument("--attention", default=",".join(ATTENTION), help="T5 train-step implementations")
     parser.add_argument("--long_attention", default=None, help="default: chunked")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="which sections run (default all); the others are recorded as not selected")
     parser.add_argument("--peak_flops", type=float, default=None,
                         help="peak FLOP/s per device for MFU (default: trainer.peak_flops_per_device)")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     if args.long_attention:
         sizes = {**sizes, "long_protein": {**sizes["long_protein"], "attention": args.long_attention}}
-    run = Run(Path(args.out), args.budget_s or sizes["budget_s"], header(args, import_stand_ins.install()))
+    sections = tuple(s for s in args.sections.split(",") if s)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; expected some of {SECTIONS}")
+    run = Run(Path(args.out), args.budget_s or sizes["budget_s"], header(args, import_stand_ins.install()), sections)
     try:
         import gin  # noqa: F401
     except ImportError as err:
@@ -563,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. The long protein first: the process's memory peak is then its own. Then the
     # device's plain-matmul ceiling, beside the datasheet peak.
     long_spec, matmul_spec = sizes["long_protein"], sizes["matmul"]
-    run.measure("long_protein", long_spec["attention"], long_spec["estimate_s"], lambda: long_protein(xl(), long_spec))
+    run.measure("long_protein", long_spec["attention"], long_spec["estimate_s"],
+                lambda: long_protein(xl(), long_spec, long_spec["attention"]))
     run.measure("device", "matmul", matmul_spec["estimate_s"], lambda: matmul_ceiling(matmul_spec, peak))
 
     # 2. ProtT5 base train step: xla, then HF beside it, the other implementations after embed.
@@ -581,9 +608,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def t5_measure(implementation: str) -> None:
         if "config" not in t5:
-            run.record("t5_train", implementation, {"skipped": "t5_train/setup failed"})
-        elif implementation == "cudnn" and backend != "gpu":
-            run.record("t5_train", "cudnn", {"skipped": f"cudnn attention runs only on a GPU backend ({backend} here)"})
+            run.record("t5_train", implementation, {"skipped": run.why_not("t5_train", "setup")})
+        elif implementation in GPU_ONLY and backend != "gpu":
+            run.record("t5_train", implementation, {"skipped": gpu_only(implementation, backend)})
         else:
             run.measure("t5_train", implementation, t5_spec["estimate_s"],
                         lambda: t5_train(t5, t5_spec, implementation, peak))
@@ -591,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     for implementation in implementations[:1]:
         t5_measure(implementation)
     if not hf_on or "config" not in t5:
-        run.record("t5_train", "hf", {"skipped": f"hf: {hf_why}" if not hf_on else "t5_train/setup failed"})
+        run.record("t5_train", "hf", {"skipped": f"hf: {hf_why}" if not hf_on else run.why_not("t5_train", "setup")})
     else:
         run.measure("t5_train", "hf", t5_spec["hf_estimate_s"], lambda: {
             "model": "transformers.T5ForConditionalGeneration", "device": hf_on,
@@ -606,13 +633,15 @@ def main(argv: list[str] | None = None) -> int:
         return embed_ours(xl(), embed_spec, proteins, peak)
 
     run.measure("embed", "ours", embed_spec["estimate_s"], embed_measure)
-    if backend == "gpu" and proteins:
+    if backend != "gpu":
+        run.record("embed", "ours_cudnn", {"skipped": gpu_only("cudnn", backend)})
+    elif not proteins:
+        run.record("embed", "ours_cudnn", {"skipped": run.why_not("embed", "ours")})
+    else:
         run.measure("embed", "ours_cudnn", embed_spec["estimate_s"],
                     lambda: embed_ours(xl(), embed_spec, proteins, peak, attention="cudnn"))
-    else:
-        run.record("embed", "ours_cudnn", {"skipped": f"cudnn attention runs only on a GPU backend ({backend} here)"})
     if not hf_on or not proteins:
-        run.record("embed", "hf", {"skipped": f"hf: {hf_why}" if not hf_on else "no proteins: embed/ours failed"})
+        run.record("embed", "hf", {"skipped": f"hf: {hf_why}" if not hf_on else run.why_not("embed", "ours")})
     else:
         run.measure("embed", "hf", embed_spec["hf_estimate_s"], lambda: {
             "model": "transformers.T5EncoderModel", "device": hf_on, **embed_hf(xl(), embed_spec, proteins, hf_on)})
@@ -627,10 +656,22 @@ def main(argv: list[str] | None = None) -> int:
     bert_spec = sizes["bert_train"]
     run.measure("bert_train", "xla", bert_spec["estimate_s"], lambda: bert_train(bert_spec, peak))
 
+    # 6. The long protein through the fused Pallas kernel (T5's bias computed in it).
+    if long_spec["attention"] != "pallas":
+        if backend != "gpu":
+            run.record("long_protein", "pallas", {"skipped": gpu_only("pallas", backend)})
+        else:
+            run.measure("long_protein", "pallas", long_spec["estimate_s"],
+                        lambda: long_protein(xl(), long_spec, "pallas", device_peak=False))
+
     add_ratios(run.result["sections"])
     run.result["host"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     run.record("summary", "targets", targets(run.result["sections"]))
     return 0
+
+
+def gpu_only(implementation: str, backend: str) -> str:
+    return f"{implementation} attention runs only on a GPU backend ({backend} here)"
 
 
 def bert_train(spec: dict, peak: float | None) -> dict:

@@ -1,7 +1,8 @@
-"""The test suite's GPU-only tests (cuDNN attention equals `xla`, output and bias gradient),
-run where they can run: on the accelerator machine, whose image has pytest and JAX but
-neither seqio nor TensorFlow (benchmarks/import_stand_ins.py stands in for them, as for the
-accelerator suite). CI never has a GPU, so there these tests only ever skip.
+"""The test suite's GPU-only tests (cuDNN attention and the Pallas kernel compiled by
+Triton equal `xla`, output and bias gradient), run where they can run: on the accelerator
+machine, whose image has pytest and JAX but neither seqio nor TensorFlow
+(benchmarks/import_stand_ins.py stands in for them, as for the accelerator suite). CI never
+has a GPU, so there these tests only ever skip.
 
     python benchmarks/gpu_tests.py [--junitxml $OUT/gpu_tests.xml] [more pytest flags]
 
@@ -20,8 +21,9 @@ sys.path[:0] = [str(REPO), str(BENCHMARKS)]
 
 import import_stand_ins  # noqa: E402
 
-GPU_TESTS = ("tests/models/test_dot_product_attention.py", "tests/models/test_relative_scores.py")
-SELECT = "cudnn_equals_xla"  # the tests marked to skip without a CUDA GPU
+GPU_TESTS = ("tests/models/test_dot_product_attention.py", "tests/models/test_relative_scores.py",
+             "tests/models/test_pallas_attention.py")
+SELECT = "cudnn_equals_xla or compiled_on_gpu"  # the tests marked to skip without a CUDA GPU
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import accelerator_suite  # noqa: E402  (imports nothing heavy: stand-ins are installed by main)
 
-# Train-step implementations the smoke run covers on CPU (cudnn is recorded as skipped there).
-ATTENTION = "xla,cudnn,chunked"
+# Train-step implementations the smoke run covers on CPU (cudnn and pallas are recorded as skipped there).
+ATTENTION = "xla,cudnn,chunked,pallas"
+GPU_ONLY = ("cudnn", "pallas")
 LONG_ATTENTION = "chunked"
 
 
@@ -55,6 +56,7 @@ def test_smoke_run_writes_every_section_with_positive_numbers(tmp_path):
     for key in ("cold_seconds", "warm_seconds", "residues_per_second_warm", "peak_bytes_in_use"):
         positive(long, key)
     assert long["peak_source"].startswith("XLA compiled memory analysis")  # CPU keeps no memory_stats
+    assert "pallas attention runs only on a GPU" in sections["long_protein"]["pallas"]["skipped"]
 
     positive(sections["device"]["matmul"], "tflops_per_second")
     positive(sections["device"]["matmul"], "fraction_of_peak_flops")
@@ -64,8 +66,8 @@ def test_smoke_run_writes_every_section_with_positive_numbers(tmp_path):
     positive(train, "setup", "model_flops_per_step")
     for implementation in ATTENTION.split(","):
         entry = train[implementation]
-        if implementation == "cudnn":
-            assert "only on a GPU" in entry["skipped"]
+        if implementation in GPU_ONLY:
+            assert f"{implementation} attention runs only on a GPU" in entry["skipped"]
             continue
         assert entry["attention"]["attention_implementation"] == implementation
         for path in (("tokens_per_second",), ("mfu",), ("compile_and_first_step_seconds",),
@@ -88,8 +90,30 @@ def test_smoke_run_writes_every_section_with_positive_numbers(tmp_path):
     positive(bert, "tokens_per_second")
     positive(bert, "mfu")
     targets = sections["summary"]["targets"]
-    measured = [i for i in ATTENTION.split(",") if i != "cudnn"]
+    measured = [i for i in ATTENTION.split(",") if i not in GPU_ONLY]
     assert targets["t5_train_mfu_best (target >= 0.40)"] == max(train[i]["mfu"] for i in measured)
+
+
+def test_sections_run_only_the_selected_ones_and_say_why_the_others_did_not(tmp_path):
+    """`--sections device`: a second call that measures only what the first one's budget
+    skipped; everything else is recorded as not selected, including what depends on it."""
+    out = tmp_path / "run.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "accelerator_suite.py"), "--smoke", "--out", str(out),
+               "--sections", "device", "--peak_flops", "1e11"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sections = json.loads(out.read_text())["sections"]
+    positive(sections["device"]["matmul"], "tflops_per_second")
+    for name in ("setup", "xla", "chunked", "hf"):
+        assert sections["t5_train"][name]["skipped"] == "not selected (--sections)", name
+    for name in ("ours", "hf"):
+        assert sections["embed"][name]["skipped"] == "not selected (--sections)", name
+    assert sections["long_protein"]["chunked"]["skipped"] == "not selected (--sections)"
+    assert sections["bert_train"]["xla"]["skipped"] == "not selected (--sections)"
+
+    bad = subprocess.run(command[:-4] + ["--sections", "device,embedding"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "--sections: unknown ['embedding']" in bad.stderr
 
 
 def test_measure_skips_past_the_budget_and_records_failures(tmp_path):
