@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from prottrans_jax import families, model_dir as model_dir_lib
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.dot_product_attention import IMPLEMENTATIONS, check_available
+from prottrans_jax.shapes import next_power_of_two, round_up
 from prottrans_jax.vocab import ProteinVocabulary
 
 DEFAULT_MAX_LENGTH = 1000  # prott5_embedder.py: longer sequences are embedded one at a time
@@ -214,17 +215,9 @@ def plan_batches(proteins: Sequence[Protein], max_tokens: int, max_length: int, 
         full = max(row_multiple, (max_tokens // length) // row_multiple * row_multiple)
         for i in range(0, len(members), full):
             chunk = tuple(members[i:i + full])
-            rows = full if len(chunk) == full else min(full, _round_up(_next_power_of_two(len(chunk)), row_multiple))
+            rows = full if len(chunk) == full else min(full, round_up(next_power_of_two(len(chunk)), row_multiple))
             batches.append(Batch(chunk, rows, length, alone=False))
     return batches
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def batch_tokens(batch: Batch, vocabulary: ProteinVocabulary,

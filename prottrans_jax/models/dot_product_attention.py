@@ -34,6 +34,7 @@ from prottrans_jax.models.relative_scores import RelativeScores
 
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "pallas")
 RELATIVE_IMPLEMENTATIONS = ("xla", "chunked", "cudnn")  # those that take `RelativeScores`
+GPU_IMPLEMENTATIONS = ("cudnn", "pallas")  # fused kernels for CUDA GPUs
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: AttentionBias, *,
@@ -71,7 +72,7 @@ def check_available(implementation: str, dtype) -> None:
     """A one-line UserError where `implementation` cannot run on this backend in `dtype`."""
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"attention_implementation={implementation!r}; expected one of {IMPLEMENTATIONS}")
-    if implementation not in ("cudnn", "pallas"):
+    if implementation not in GPU_IMPLEMENTATIONS:
         return
     backend = jax.default_backend()
     if backend != "gpu":

@@ -27,6 +27,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias, relative_position_bucket
 from prottrans_jax.models.chunked_attention import chunked_attention, pad_length
+from prottrans_jax.shapes import next_power_of_two, round_up
 
 # Tiles of 64 x 64 logits: what Triton flash-attention kernels use at head_dim 64-128 on
 # A100 / H100 (jax.experimental.pallas.ops.gpu.attention takes 128 x 128 without a bias; the
@@ -36,17 +37,13 @@ KEY_BLOCK = 64
 _MIN_BLOCK = 16  # Triton's smallest dot operand
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def distance_bias(bias: AttentionBias) -> jax.Array:
     """float32 (heads, W): T5's position bias of each distance key - query clipped to
     [-max_distance, max_distance], at index distance + max_distance; W is a power of 2."""
     distance = jnp.arange(-bias.max_distance, bias.max_distance + 1)
     buckets = relative_position_bucket(distance, bias.bidirectional, bias.num_buckets, bias.max_distance)
     values = jnp.take(jnp.asarray(bias.relative_table, jnp.float32), buckets, axis=1)
-    width = _next_power_of_2(values.shape[1])
+    width = next_power_of_two(values.shape[1])
     return jnp.pad(values, ((0, 0), (0, width - values.shape[1])))
 
 
@@ -107,7 +104,7 @@ def _block(requested: int, length: int) -> int:
     """A power-of-2 tile edge, at least Triton's minimum, no longer than the padded rows need."""
     if requested <= 0 or requested & (requested - 1):
         raise ValueError(f"pallas attention: block sizes must be powers of 2, got {requested}")
-    return max(_MIN_BLOCK, min(requested, _next_power_of_2(length)))
+    return max(_MIN_BLOCK, min(requested, next_power_of_two(length)))
 
 
 def pallas_forward(query: jax.Array, key: jax.Array, value: jax.Array, bias: AttentionBias, *,
@@ -122,8 +119,8 @@ def pallas_forward(query: jax.Array, key: jax.Array, value: jax.Array, bias: Att
     batch, q_length, heads, head_dim = query.shape
     k_length = key.shape[1]
     q_block, k_block = _block(query_block, q_length), _block(key_block, k_length)
-    q_padded, k_padded = -(-q_length // q_block) * q_block, -(-k_length // k_block) * k_block
-    width = max(_MIN_BLOCK, _next_power_of_2(head_dim))
+    q_padded, k_padded = round_up(q_length, q_block), round_up(k_length, k_block)
+    width = max(_MIN_BLOCK, next_power_of_two(head_dim))
     tiles = bias.padded(q_padded, k_padded)
 
     def rows(x, length):
