@@ -143,7 +143,6 @@ class Checkpointer:
         self._manager.close()
 
     def _saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
-        step_dir = self.step_directory(step)
         try:
             metadata = self._manager.item_metadata(step)[STATE]
         except Exception as error:  # orbax raises many types for unreadable files.

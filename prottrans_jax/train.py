@@ -27,7 +27,7 @@ from typing import Sequence
 import gin
 import tensorflow as tf
 
-from prottrans_jax import checkpoints, compilation_cache, distributed
+from prottrans_jax import compilation_cache, distributed
 from prottrans_jax.errors import USER_ERRORS, UserError, first_line
 from prottrans_jax.training import train
 
