@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The accelerator run on the GPU machine (README, "Accelerator run"): installs the carried
-# wheels of .whl/ (gin-config: the GPU image lacks it) into /tmp/site, runs the suite's
-# GPU-only tests (benchmarks/gpu_tests.py: cuDNN and Pallas attention equal xla; at most
-# 150 s, their report beside the JSON), then the accelerator suite in the time left of its 440 s.
+# wheels of .whl/ (gin-config, which the GPU image lacks, and the pinned transformers) into
+# /tmp/site, runs the suite's GPU-only tests (benchmarks/gpu_tests.py: cuDNN and Pallas
+# attention equal xla; at most 150 s, their report beside the JSON), then the accelerator
+# suite in the time left of its 440 s.
 #   bash benchmarks/accelerator_run.sh OUT.json [suite flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

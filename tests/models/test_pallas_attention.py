@@ -141,7 +141,8 @@ def test_kernel_lowers_to_triton_for_cuda(name, monkeypatch):
     """Pallas' Triton lowering runs without a GPU (`jax.export` for platform cuda): the kernel,
     its in-kernel bias gather and its causal loop bound are ops Triton takes, in bfloat16 with
     chunked's backward beside it. What this cannot check is Triton's compilation to PTX (the
-    GPU test below)."""
+    GPU test below). The abstract H100 is the target Triton compiles for: JAX 0.11 asks the
+    device for its compute capability, and a CPU host has none."""
     q_length, k_length, _ = attention_case(name, jnp.zeros((HEADS, BUCKETS)))
 
     def loss(q, k, v, table):
@@ -154,9 +155,12 @@ def test_kernel_lowers_to_triton_for_cuda(name, monkeypatch):
 
     monkeypatch.setattr(attention_module, "check_available", lambda implementation, dtype: None)
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-    exported = export.export(step, platforms=["cuda"],
-                             disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(
-        spec(q_length), spec(k_length), spec(k_length), jax.ShapeDtypeStruct((HEADS, BUCKETS), jnp.float32))
+    h100 = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=jax.sharding.AbstractDevice(
+        device_kind="NVIDIA H100", num_cores=None, platform="cuda"))
+    with jax.sharding.use_abstract_mesh(h100):
+        exported = export.export(step, platforms=["cuda"],
+                                 disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(
+            spec(q_length), spec(k_length), spec(k_length), jax.ShapeDtypeStruct((HEADS, BUCKETS), jnp.float32))
     module = exported.mlir_module()
     assert module.count(f"@{TRITON_CALL}(") == 1, "one fused forward; the backward is chunked's XLA"
     assert 'name = "t5_bias_attention"' in module
