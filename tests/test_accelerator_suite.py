@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import accelerator_suite  # noqa: E402  (imports nothing heavy: stand-ins are installed by main)
+import accelerator_measurements  # noqa: E402  (neither imports anything heavy: stand-ins are installed by main)
+import accelerator_suite  # noqa: E402
 
 # Train-step implementations the smoke run covers on CPU (cudnn and pallas are recorded as skipped there).
 ATTENTION = "xla,cudnn,chunked,pallas"
@@ -142,10 +143,10 @@ def test_with_attention_runs_xla_on_configs_without_the_field():
     class New:
         attention_implementation: str = "xla"
 
-    assert accelerator_suite.with_attention(Old(), "xla") == Old()
+    assert accelerator_measurements.with_attention(Old(), "xla") == Old()
     with pytest.raises(RuntimeError, match="no attention_implementation field"):
-        accelerator_suite.with_attention(Old(), "chunked")
-    assert accelerator_suite.with_attention(New(), "chunked").attention_implementation == "chunked"
+        accelerator_measurements.with_attention(Old(), "chunked")
+    assert accelerator_measurements.with_attention(New(), "chunked").attention_implementation == "chunked"
 
 
 def test_without_gin_the_json_says_what_to_carry(tmp_path):
