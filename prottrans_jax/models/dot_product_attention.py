@@ -93,11 +93,33 @@ def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, sco
     logits = logits + bias.dense()
     if scores is not None:
         logits = logits + scores.dense()
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    weights = softmax(logits).astype(dtype)
     if dropout > 0.0:
         keep = dropout_keep(rng, dropout, weights.shape)
         weights = jax.lax.select(keep, weights / (1.0 - dropout), jnp.zeros_like(weights))
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value).astype(dtype)
+
+
+@jax.custom_jvp
+def softmax(logits: jax.Array) -> jax.Array:
+    """Softmax over the last axis, with the gradient y * (dy - sum(y * dy)).
+
+    jax.nn.softmax computes the same values, but under jax's default
+    (`jax_softmax_custom_jvp=False`, as of jax 0.10.2) its gradient is the quotient rule
+    through exp / sum: more passes over the (batch, heads, q, k) scores in the backward, and
+    5% slower forward + backward for a base-size T5 on a CPU core. The formula here is
+    jax's own custom rule (jax.nn.softmax with that flag on), without changing the flag for
+    the user's whole process.
+    """
+    unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (logits,), (logits_dot,) = primals, tangents
+    weights = softmax(logits)
+    return weights, weights * (logits_dot - jnp.sum(weights * logits_dot, axis=-1, keepdims=True))
 
 
 # --------------------------------------------------------------------------------- cudnn

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention_bias import AttentionBias, relative_position_bucket
-from prottrans_jax.models.dot_product_attention import dot_product_attention
+from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias, relative_position_bucket
+from prottrans_jax.models.dot_product_attention import dot_product_attention, softmax
 from tests.models.conftest import (ATTENTION_CASES, BUCKETS, HEAD_DIM, HEADS, MAX_DISTANCE, TOL,
                                   assert_fused_equals_xla, attention_case, attention_inputs, valid_rows,
                                   value_and_grads)
@@ -58,6 +58,27 @@ def test_fully_masked_rows_are_finite_and_match_xla():
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(got, expected, **TOL)
     np.testing.assert_allclose(got[0, 0], jnp.mean(v[0], axis=0), **TOL)
+
+
+@pytest.mark.parametrize("custom_jvp", [False, True])
+def test_softmax_equals_jax_softmax_in_values_and_gradients(custom_jvp):
+    """xla's softmax has jax's custom gradient whatever `jax_softmax_custom_jvp` says; rows
+    partly and fully masked (MASKED_LOGIT) included."""
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (2, 3, 5, 7))
+    logits = logits.at[0, :, 1, 4:].set(MASKED_LOGIT).at[1, 2, 3, :].set(MASKED_LOGIT)
+    cotangent = jax.random.normal(jax.random.key(1), logits.shape)
+
+    def value_and_grad(fn):
+        weights, pullback = jax.vjp(fn, logits)
+        return weights, pullback(cotangent)[0]
+
+    with jax.softmax_custom_jvp(custom_jvp):
+        expected, expected_grad = jax.jit(lambda: value_and_grad(lambda x: jax.nn.softmax(x, axis=-1)))()
+    got, got_grad = jax.jit(lambda: value_and_grad(softmax))()
+    np.testing.assert_allclose(got, expected, **TOL)
+    np.testing.assert_allclose(got_grad, expected_grad, **TOL)
+    np.testing.assert_allclose(got[1, 2, 3], np.full(7, 1 / 7), **TOL)  # fully masked: uniform, finite
+    assert float(jnp.abs(got_grad[0, :, 1, 4:]).max()) == 0.0 and float(jnp.abs(got_grad).max()) > 1e-2
 
 
 def test_chunked_dropout_is_dropout_on_the_normalised_weights():
