@@ -2,6 +2,8 @@
 
     python benchmarks/train_step_profile.py                          # train_throughput's CPU shape
     python benchmarks/train_step_profile.py --d_model 512 --heads 8 --d_ff 2048 --batch 2 --length 512
+    python benchmarks/train_step_profile.py --d_model 768 --heads 12 --d_ff 3072 --layers 12 \
+        --batch 1 --length 512 --calls 1          # ProtT5 base's shape (gin/models/t5/base.gin)
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python benchmarks/train_step_profile.py
 
 Phases, each a compiled program timed on its own after a warm-up (seconds per call; the two
@@ -15,16 +17,26 @@ sides' phases interleaved, `--rounds` rounds of `--calls` calls, min and median)
 - step_trainer (ours only): `Trainer.train_step`, which adds the NaN/Inf guard (a `where` over
   parameters and optimizer state), on-device metrics and the bound on steps in flight;
 - dispatch (ours only): the host time to launch `step_plain` without waiting (its result
-  blocked on after timing), i.e. the Python and dispatch overhead per step.
-Prints one JSON object (with the load average: on a busy machine ratios say little).
+  blocked on after timing), i.e. the Python and dispatch overhead per step;
+- gemm_forward, gemm_input_grad, gemm_weight_grad: the feed-forward layer's matrix products
+  alone, (batch x length, d_model) @ (d_model, d_ff) and the two its backward runs (dy @ W^T,
+  x^T @ dy), float32: what the backend's matrix-product kernels reach on both sides, apart
+  from the model (XLA:CPU's own kernels against PyTorch's oneDNN/MKL on a CPU).
+With `--op_profile`, one forward + backward call of ours is also traced (jax.profiler) and
+its time summed per XLA operation kind, with the slowest operations and the model code they
+come from. Prints one JSON object (with the load average: on a busy machine ratios say little).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,9 +53,11 @@ from prottrans_jax.models.t5 import T5Config  # noqa: E402
 
 
 def per_call(fn, calls: int) -> float:
-    """Seconds per call of fn (which returns something to block on), after the loop."""
-    out = fn()
-    jax.block_until_ready(out)
+    """Seconds per call of fn (which returns something to block on), after two warm-up calls
+    (a donated state comes back committed to its device, which the second call compiles for)."""
+    for _ in range(2):
+        out = fn()
+        jax.block_until_ready(out)
     start = time.perf_counter()
     for _ in range(calls):
         out = fn()
@@ -51,15 +65,17 @@ def per_call(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def ours_phases(ours: Ours, calls: int) -> dict:
+def loss_fn(ours: Ours):
+    """params -> the train loss on the benchmark's batch (dropout is off in its config)."""
     model, batch = ours.trainer.model, ours.batch
+    return lambda params: model.loss_and_metrics(params, batch, jax.random.key(0), True)[0]
+
+
+def ours_phases(ours: Ours, calls: int) -> dict:
     copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731
     params = copy(ours.state["params"])  # the trainer's own buffers are donated to its next step
     optimizer = optax.adamw(1e-4, weight_decay=0.01)
-
-    def loss(p):
-        return model.loss_and_metrics(p, batch, jax.random.key(0), True)[0]
-
+    loss = loss_fn(ours)
     forward = jax.jit(loss)
     grads_fn = jax.jit(jax.grad(loss))
     grads = grads_fn(params)
@@ -103,6 +119,66 @@ def ours_phases(ours: Ours, calls: int) -> dict:
                 "dispatch": dispatch_seconds}
 
 
+def gemm_phases(tokens: int, d_model: int, d_ff: int, calls: int) -> tuple[dict, dict]:
+    """The feed-forward matrix products and their two backward forms, each side on the same
+    random float32 operands; ({phase: ours}, {phase: torch})."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    x, w, dy = (rng.standard_normal(shape, dtype=np.float32)
+                for shape in ((tokens, d_model), (d_model, d_ff), (tokens, d_ff)))
+    products = {"gemm_forward": (lambda a, b: a @ b, (x, w)),
+                "gemm_input_grad": (lambda a, b: a @ b.T, (dy, w)),
+                "gemm_weight_grad": (lambda a, b: a.T @ b, (x, dy))}
+
+    def timed(product, operands):
+        return lambda: per_call(lambda: product(*operands), calls)
+
+    ours = {name: timed(jax.jit(product), [jax.device_put(a) for a in operands])
+            for name, (product, operands) in products.items()}
+    theirs = {name: timed(product, [torch.from_numpy(a) for a in operands])
+              for name, (product, operands) in products.items()}
+    return ours, theirs
+
+
+def op_profile(ours: Ours, top: int = 12) -> dict:
+    """Where one forward + backward call spends its time, per XLA operation: jax's profiler
+    trace (Perfetto JSON) of one call, its op events summed by kind (the op name less its
+    ".N" suffix: ynn_fusion, dot, copy_bitcast_fusion, ...) and the slowest ops with the
+    model code they come from (the HLO's op_name metadata)."""
+    grads_fn = jax.jit(jax.grad(loss_fn(ours)))
+    params = ours.state["params"]
+    with ours.partitioner.context():
+        for _ in range(2):
+            jax.block_until_ready(grads_fn(params))
+        with tempfile.TemporaryDirectory() as folder:
+            with jax.profiler.trace(folder, create_perfetto_trace=True):
+                jax.block_until_ready(grads_fn(params))
+            (trace,) = Path(folder).rglob("*.trace.json.gz")
+            events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+        hlo = grads_fn.lower(params).compile().as_text()
+    origin = {}  # every HLO instruction -> the model code it comes from (None: no metadata)
+    for line in hlo.splitlines():
+        name = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+        if name:
+            code = re.search(r'op_name="([^"]+)"', line)
+            origin[name.group(1)] = code and code.group(1)
+    per_op: dict[str, float] = collections.defaultdict(float)
+    for event in events:  # the op events: complete events named as an HLO instruction
+        if event.get("ph") == "X" and event.get("name") in origin:
+            per_op[event["name"]] += event.get("dur", 0) / 1e6
+    total = sum(per_op.values())
+    per_kind: dict[str, float] = collections.defaultdict(float)
+    for name, seconds in per_op.items():
+        per_kind[re.sub(r"\.\d+$", "", name)] += seconds
+    slowest = sorted(per_op.items(), key=lambda item: -item[1])[:top]
+    return {"ops_seconds": round(total, 6), "ops": len(per_op),
+            "by_kind": {kind: {"seconds": round(s, 6), "share": round(s / total, 3)}
+                        for kind, s in sorted(per_kind.items(), key=lambda item: -item[1])[:top]},
+            "slowest": [{"op": name, "seconds": round(s, 6), "from": origin.get(name)} for name, s in slowest]}
+
+
 def hf_phases(hf: HF, calls: int) -> dict:
     torch = hf.torch
 
@@ -137,6 +213,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--torch_threads", type=int, default=None, help="default: os.cpu_count()")
+    parser.add_argument("--op_profile", action="store_true",
+                        help="also trace one forward + backward call of ours: time per XLA op kind")
     args = parser.parse_args()
     import torch
 
@@ -150,6 +228,8 @@ def main() -> None:
     batch = t5_batch(args.batch, args.length)
     ours, hf = Ours(model, batch), HF("t5", config, batch, "cpu")
     ours_sides, hf_sides = ours_phases(ours, args.calls), hf_phases(hf, args.calls)
+    gemm_ours, gemm_hf = gemm_phases(args.batch * args.length, args.d_model, args.d_ff, max(args.calls, 5))
+    ours_sides, hf_sides = {**ours_sides, **gemm_ours}, {**hf_sides, **gemm_hf}
     phases = {}
     for name, ours_fn in ours_sides.items():
         sides = {"ours": ours_fn, **({"hf": hf_sides[name]} if name in hf_sides else {})}
@@ -165,6 +245,7 @@ def main() -> None:
         "model_flops_per_step": ours.flops,
         "measured": f"{args.rounds} interleaved rounds of {args.calls} calls per phase and side; seconds per call",
         "phases": phases,
+        **({"op_profile_forward_backward": op_profile(ours)} if args.op_profile else {}),
         "load_average": timing.load_report(load_before),
     }))
 
