@@ -71,13 +71,12 @@ def loss_fn(ours: Ours):
     return lambda params: model.loss_and_metrics(params, batch, jax.random.key(0), True)[0]
 
 
-def ours_phases(ours: Ours, calls: int) -> dict:
+def ours_phases(ours: Ours, grads_fn, calls: int) -> dict:
     copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731
     params = copy(ours.state["params"])  # the trainer's own buffers are donated to its next step
     optimizer = optax.adamw(1e-4, weight_decay=0.01)
     loss = loss_fn(ours)
     forward = jax.jit(loss)
-    grads_fn = jax.jit(jax.grad(loss))
     grads = grads_fn(params)
 
     def update(state, g):
@@ -142,12 +141,12 @@ def gemm_phases(tokens: int, d_model: int, d_ff: int, calls: int) -> tuple[dict,
     return ours, theirs
 
 
-def op_profile(ours: Ours, top: int = 12) -> dict:
+def op_profile(ours: Ours, grads_fn, top: int = 12) -> dict:
     """Where one forward + backward call spends its time, per XLA operation: jax's profiler
     trace (Perfetto JSON) of one call, its op events summed by kind (the op name less its
     ".N" suffix: ynn_fusion, dot, copy_bitcast_fusion, ...) and the slowest ops with the
-    model code they come from (the HLO's op_name metadata)."""
-    grads_fn = jax.jit(jax.grad(loss_fn(ours)))
+    model code they come from (the HLO's op_name metadata). `grads_fn`: the forward_backward
+    phase's jitted function, warmed here again on the trainer's current parameters."""
     params = ours.state["params"]
     with ours.partitioner.context():
         for _ in range(2):
@@ -227,7 +226,8 @@ def main() -> None:
     model = EncoderDecoderModel(config, z_loss=0.0)
     batch = t5_batch(args.batch, args.length)
     ours, hf = Ours(model, batch), HF("t5", config, batch, "cpu")
-    ours_sides, hf_sides = ours_phases(ours, args.calls), hf_phases(hf, args.calls)
+    grads_fn = jax.jit(jax.grad(loss_fn(ours)))  # the forward_backward phase, and what --op_profile traces
+    ours_sides, hf_sides = ours_phases(ours, grads_fn, args.calls), hf_phases(hf, args.calls)
     gemm_ours, gemm_hf = gemm_phases(args.batch * args.length, args.d_model, args.d_ff, max(args.calls, 5))
     ours_sides, hf_sides = {**ours_sides, **gemm_ours}, {**hf_sides, **gemm_hf}
     phases = {}
@@ -245,7 +245,7 @@ def main() -> None:
         "model_flops_per_step": ours.flops,
         "measured": f"{args.rounds} interleaved rounds of {args.calls} calls per phase and side; seconds per call",
         "phases": phases,
-        **({"op_profile_forward_backward": op_profile(ours)} if args.op_profile else {}),
+        **({"op_profile_forward_backward": op_profile(ours, grads_fn)} if args.op_profile else {}),
         "load_average": timing.load_report(load_before),
     }))
 

@@ -100,26 +100,16 @@ def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, sco
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value).astype(dtype)
 
 
-@jax.custom_jvp
 def softmax(logits: jax.Array) -> jax.Array:
-    """Softmax over the last axis, with the gradient y * (dy - sum(y * dy)).
+    """jax.nn.softmax over the last axis, with jax's custom gradient y * (dy - sum(y * dy)).
 
-    jax.nn.softmax computes the same values, but under jax's default
-    (`jax_softmax_custom_jvp=False`, as of jax 0.10.2) its gradient is the quotient rule
-    through exp / sum: more passes over the (batch, heads, q, k) scores in the backward, and
-    3-14% slower forward + backward for ProtT5 base on a CPU core (README). The formula here is
-    jax's own custom rule (jax.nn.softmax with that flag on), without changing the flag for
-    the user's whole process.
+    Under jax's default (`jax_softmax_custom_jvp=False`, as of jax 0.10.2) the gradient is
+    the quotient rule through exp / sum: more passes over the (batch, heads, q, k) scores in
+    the backward, and 3-14% slower forward + backward for ProtT5 base on a CPU core (README).
+    The flag is turned on here only, while this call is traced, not for the user's process.
     """
-    unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
-
-
-@softmax.defjvp
-def _softmax_jvp(primals, tangents):
-    (logits,), (logits_dot,) = primals, tangents
-    weights = softmax(logits)
-    return weights, weights * (logits_dot - jnp.sum(weights * logits_dot, axis=-1, keepdims=True))
+    with jax.softmax_custom_jvp(True):
+        return jax.nn.softmax(logits, axis=-1)
 
 
 # --------------------------------------------------------------------------------- cudnn
