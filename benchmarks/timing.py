@@ -27,6 +27,21 @@ def load_report(before: list[float]) -> dict:
     return {"before": before, "after": load_average(), "cpu_count": os.cpu_count()}
 
 
+def per_call(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call of fn, after two warm-up calls (a donated jax state comes back committed
+    to its device, which the second call compiles for); what fn returns is blocked on, so jax's
+    asynchronous dispatch is timed to the end of the work."""
+    import jax  # here: the other helpers serve benchmarks that do not load jax
+
+    for _ in range(2):
+        jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls
+
+
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
     """(fn(), wall seconds)."""
     start = time.perf_counter()

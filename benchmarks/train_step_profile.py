@@ -52,19 +52,6 @@ from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E4
 from prottrans_jax.models.t5 import T5Config  # noqa: E402
 
 
-def per_call(fn, calls: int) -> float:
-    """Seconds per call of fn (which returns something to block on), after two warm-up calls
-    (a donated state comes back committed to its device, which the second call compiles for)."""
-    for _ in range(2):
-        out = fn()
-        jax.block_until_ready(out)
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls
-
-
 def loss_fn(ours: Ours):
     """params -> the train loss on the benchmark's batch (dropout is off in its config)."""
     model, batch = ours.trainer.model, ours.batch
@@ -110,10 +97,10 @@ def ours_phases(ours: Ours, grads_fn, calls: int) -> dict:
         return seconds
 
     with ours.partitioner.context():
-        return {"forward": lambda: per_call(lambda: forward(params), calls),
-                "forward_backward": lambda: per_call(lambda: grads_fn(params), calls),
-                "optimizer": lambda: per_call(run_update, calls),
-                "step_plain": lambda: per_call(run_plain, calls),
+        return {"forward": lambda: timing.per_call(lambda: forward(params), calls),
+                "forward_backward": lambda: timing.per_call(lambda: grads_fn(params), calls),
+                "optimizer": lambda: timing.per_call(run_update, calls),
+                "step_plain": lambda: timing.per_call(run_plain, calls),
                 "step_trainer": lambda: ours.time(calls),
                 "dispatch": dispatch_seconds}
 
@@ -132,7 +119,7 @@ def gemm_phases(tokens: int, d_model: int, d_ff: int, calls: int) -> tuple[dict,
                 "gemm_weight_grad": (lambda a, b: a.T @ b, (x, dy))}
 
     def timed(product, operands):
-        return lambda: per_call(lambda: product(*operands), calls)
+        return lambda: timing.per_call(lambda: product(*operands), calls)
 
     ours = {name: timed(jax.jit(product), [jax.device_put(a) for a in operands])
             for name, (product, operands) in products.items()}

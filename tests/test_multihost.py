@@ -151,12 +151,13 @@ def two_shard_corpus(tmp_path_factory):
     return root / "corpus"
 
 
-# Tiny ProtT5, tiny ProtTXL over the stream (each host its own rows, their memory carried),
-# or tiny ProtXLNet with memory as XLNet trains (each host its own stream rows, their
-# factorisation orders seeded by host and batch, their memory carried).
+# Tiny ProtTXL over the stream (each host its own rows, their memory carried), or tiny
+# ProtXLNet with memory as XLNet trains (each host its own stream rows, their factorisation
+# orders seeded by host and batch, their memory carried). Each case costs 6 process starts
+# (~2 minutes of a 2-core machine), so there is no ProtT5 case: its path (the same trainer
+# loop, checkpoint and input position, without a carry) is a subset of these two, its restart
+# is bit-identical on one host (test_train_cli.py) and its hosts train like one device (above).
 FAMILY_FLAGS = {
-    "prot_t5": ["--gin_file=gin/experiments/prot_t5_tiny_sample.gin", "--gin.INPUTS_LENGTH=64",
-                "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"],
     "prot_txl": ["--gin_file=gin/experiments/prot_txl_tiny_sample.gin", "--gin.INPUTS_LENGTH=32",
                  "--gin.MIXTURE_OR_TASK_NAME='sample_causal_lm'", "--gin.TransfoXLConfig.mem_len=32",
                  "--gin.TransfoXLConfig.dropout_prob=0.1"],
@@ -170,7 +171,7 @@ FAMILY_FLAGS = {
 }
 
 
-def train_flags(model_dir: Path, train_steps: int, family: str = "prot_t5") -> list[str]:
+def train_flags(model_dir: Path, train_steps: int, family: str) -> list[str]:
     """A tiny model on the sample task; a console line every step, saves only at the end or
     on SIGTERM."""
     return [*FAMILY_FLAGS[family], f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={train_steps}",
@@ -193,7 +194,7 @@ def saved_steps(model_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["prot_t5", "prot_txl", "prot_xlnet"])
+@pytest.mark.parametrize("family", ["prot_txl", "prot_xlnet"])
 def test_sigterm_on_one_host_then_restart_ends_bit_identical(tmp_path, two_shard_corpus, family):
     # Steps take ~0.2 s: the remaining ones leave seconds for the notice to reach every host
     # (a loaded machine once ran all of a 7-step job before it arrived).
