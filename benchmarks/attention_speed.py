@@ -35,7 +35,8 @@ NUM_BUCKETS, MAX_DISTANCE = 32, 128  # T5's, as in gin/models/t5/*.gin
 
 
 def ours(implementation: str, operands: dict, block_size: int, calls: int) -> dict:
-    """{"forward", "forward_backward"}: callables returning seconds per call."""
+    """{"forward", "forward_backward"}: callables returning seconds per call; "output": the
+    forward's result as numpy, to check against PyTorch's."""
     length = operands["query"].shape[1]
     positions = jnp.arange(length)[None]
 
@@ -55,7 +56,7 @@ def ours(implementation: str, operands: dict, block_size: int, calls: int) -> di
 
 
 def pytorch(operands: dict, calls: int) -> dict:
-    """The same two phases in PyTorch, as Hugging Face's T5Attention computes them."""
+    """The same two phases and "output" in PyTorch, as Hugging Face's T5Attention computes them."""
     import torch
 
     length = operands["query"].shape[1]
