@@ -13,7 +13,8 @@ them), saved as a local Hugging Face directory that both routes read.
 
 - ours: `prottrans_jax.embed.embed_fasta_to_h5`, per residue, default batching, float32 on
   CPU / bfloat16 on GPU, with the commands' persistent compilation cache, timed around the
-  call (FASTA read and model load included). Three figures: "cold", the first call in a fresh
+  call (FASTA read and model load included), with `--attention` as embed's (default auto; the
+  implementations used are in the output's summary). Three figures: "cold", the first call in a fresh
   process with an empty cache (every XLA compilation included: what a first-time user sees);
   "second_run", the first call in a fresh process whose cache the cold process filled (what a
   user's next job sees); "warm", a later call in the same process (programs compiled).
@@ -54,6 +55,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks import timing  # noqa: E402
+from prottrans_jax.inference import ATTENTION_CHOICES  # noqa: E402
 SWISSPROT = REPO / "runs" / "corpora" / "swissprot_2014_01.fasta.gz"
 SAMPLE = REPO / "data" / "sample" / "uniprot_sample.fasta.gz"
 SHAPES = {  # Hugging Face config fields of the encoder, per family
@@ -207,7 +209,7 @@ def worker(spec: dict) -> None:
     def ours() -> tuple[dict, float]:  # timed like the HF route: from model load to the written file
         output = work / f"ours{os.getpid()}_{next(calls)}.h5"
         summary, seconds = timing.timed(lambda: embed.embed_fasta_to_h5(sample, str(output), hf_model=model_dir,
-                                                                         progress=False))
+                                                                         progress=False, attention=spec["attention"]))
         output.unlink()  # XL-shaped embeddings of 4,096 proteins are gigabytes
         return summary, seconds
 
@@ -225,7 +227,8 @@ def worker(spec: dict) -> None:
     if spec["hf_first"]:
         sides = dict(reversed(list(sides.items())))
     times = timing.interleave(sides, spec["repeats"])
-    summary = {key: summary[key] for key in ("dtype", "static_shapes", "batches", "long_processed_alone")}
+    summary = {key: summary[key] for key in ("dtype", "static_shapes", "batches", "long_processed_alone",
+                                             "attention", "attention_short", "attention_long")}
     print(json.dumps({"first": first, "warm": times["ours"], "hf": times.get("hf", []), "summary": summary,
                       **{event.rsplit("/", 1)[1]: n for event, n in compiled.items() if "compilation_cache" in event}}))
 
@@ -247,6 +250,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved warm and HF rounds in each process, after its first call")
     parser.add_argument("--skip_hf", action="store_true", help="only our route")
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                        help="our route's attention (embed's --attention; default: auto, as embed)")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._worker:
@@ -279,7 +284,8 @@ def main() -> None:
             cache_dir = os.path.join(tmp, f"xla{pair}")  # empty for the pair's first process
             for kind, firsts in (("cold", cold), ("second_run", second_run)):
                 out = run_worker({"dir": tmp, "cache_dir": cache_dir, "family": args.family, "hf": not args.skip_hf,
-                                  "repeats": args.repeats, "hf_first": len(workers) % 2 == 1})
+                                  "repeats": args.repeats, "hf_first": len(workers) % 2 == 1,
+                                  "attention": args.attention})
                 firsts.append(out["first"])
                 warm += out["warm"]
                 hf += out["hf"]
