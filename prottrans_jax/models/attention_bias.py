@@ -102,6 +102,11 @@ def _pad_rows(array: jax.Array | None, length: int, value) -> jax.Array | None:
     return jnp.pad(array, ((0, 0), (0, length - array.shape[1])), constant_values=value)
 
 
+# The (batch or 1, length) arrays of an AttentionBias.
+PER_POSITION_FIELDS = ("query_positions", "key_positions", "query_valid", "key_valid", "query_segments",
+                       "key_segments")
+
+
 @flax.struct.dataclass
 class AttentionBias:
     """The additive logit bias of one attention call, as its parts (a pytree).
@@ -174,6 +179,16 @@ class AttentionBias:
             key_valid=_pad_rows(self.key_valid, key_length, False),
             query_segments=_pad_rows(self.query_segments, query_length, 0),
             key_segments=_pad_rows(self.key_segments, key_length, 0))
+
+    def batch_rows(self, batch: int) -> dict[str, jax.Array]:
+        """Its per-position arrays, each broadcast to (batch, length): what `jax.lax.map` maps
+        over to run attention one batch row at a time (`of_row` rebuilds one row's bias)."""
+        return {name: jnp.broadcast_to(getattr(self, name), (batch, getattr(self, name).shape[1]))
+                for name in PER_POSITION_FIELDS if getattr(self, name) is not None}
+
+    def of_row(self, row: dict[str, jax.Array]) -> AttentionBias:
+        """The bias of one batch row: `row` holds one entry of each array of `batch_rows`."""
+        return self.replace(**{name: array[None] for name, array in row.items()})
 
     def position_bias(self, q0, qn: int, k0, kn: int) -> jax.Array | None:
         """float32 (b or 1, heads, qn, kn): the relative-position part of one tile, or None."""

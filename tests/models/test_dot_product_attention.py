@@ -10,6 +10,7 @@ import pytest
 
 from prottrans_jax.errors import UserError
 from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias, relative_position_bucket
+from prottrans_jax.models import dot_product_attention as dot_product_attention_module
 from prottrans_jax.models.dot_product_attention import dot_product_attention, softmax
 from tests.models.conftest import (ATTENTION_CASES, BUCKETS, HEAD_DIM, HEADS, MAX_DISTANCE, TOL,
                                   assert_fused_equals_xla, attention_case, attention_inputs, valid_rows,
@@ -38,6 +39,43 @@ def test_chunked_equals_xla_in_outputs_and_gradients(name):
         np.testing.assert_allclose(g, e, **TOL, err_msg=f"d/d{what}")
     if name != "cross":
         assert float(jnp.abs(expected_grads[3]).max()) > 1e-3  # the table's gradient is not trivially 0
+
+
+@pytest.mark.parametrize("name", ATTENTION_CASES)
+def test_xla_by_rows_on_cpu_equals_the_whole_batch_at_once(name, monkeypatch):
+    """With the size threshold at 0, `xla` on this CPU runs row by row: equal to the whole
+    batch's computation in outputs and gradients, for every bias pattern."""
+    monkeypatch.setattr(dot_product_attention_module, "CPU_BY_ROWS_MIN_BYTES", 0)
+    q_length, k_length, _ = attention_case(name, jnp.zeros((HEADS, BUCKETS)))
+    q, k, v, table, cotangent = attention_inputs(2, q_length, k_length, seed=3)
+
+    def whole_batch(q, k, v, table):
+        _, _, bias = attention_case(name, table)
+        return dot_product_attention_module._dense(q, k, v, bias, 0.0, None, jnp.float32)
+
+    by_rows = _attention("xla", name)
+    assert "while" in jax.jit(by_rows).lower(q, k, v, table).as_text()  # the rows' loop ran
+    expected, expected_grads = jax.jit(lambda *a: value_and_grads(whole_batch, *a))(q, k, v, table, cotangent)
+    got, got_grads = jax.jit(lambda *a: value_and_grads(by_rows, *a))(q, k, v, table, cotangent)
+    np.testing.assert_allclose(got, expected, **TOL)
+    for what, g, e in zip(("q", "k", "v", "table"), got_grads, expected_grads):
+        np.testing.assert_allclose(g, e, **TOL, err_msg=f"d/d{what}")
+
+
+def test_xla_by_rows_is_for_cpus_and_large_batches_only(monkeypatch):
+    """Lowered for a GPU, the same call has no rows' loop; on a CPU, batches whose scores are
+    under the threshold (the tests' tiny models) and single rows have none either."""
+    q, k, v, table, _ = attention_inputs(2, 37, 37)
+    attend = jax.jit(_attention("xla", "encoder"))
+    assert "while" not in attend.lower(q, k, v, table).as_text()  # 2 x 4 x 37 x 37 x 4 bytes < 8 MiB
+    monkeypatch.setattr(dot_product_attention_module, "CPU_BY_ROWS_MIN_BYTES", 0)
+    attend = jax.jit(_attention("xla", "encoder"))
+    exported = {platform: jax.export.export(attend, platforms=[platform])(q, k, v, table).mlir_module()
+                for platform in ("cpu", "cuda")}
+    assert "stablehlo.while" in exported["cpu"] and "stablehlo.while" not in exported["cuda"]
+    single = [x[:1] for x in (q, k, v)]
+    bias = AttentionBias.create(37, 37, key_valid=valid_rows([30], 37))
+    assert "while" not in jax.jit(lambda q, k, v: dot_product_attention(q, k, v, bias)).lower(*single).as_text()
 
 
 @pytest.mark.parametrize("block_size", [1, 37, 64])
