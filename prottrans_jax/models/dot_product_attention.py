@@ -98,9 +98,10 @@ def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, sco
     """The dense computation. On a CPU, once the batch's scores outgrow its caches (a ProtBert
     embedding batch of 12 x 320 tokens x 8 heads: 39 MB), one batch row at a time: the same
     values, each row's scores staying in cache; one such layer's forward 65 -> 36 ms on two
-    threads, the embedding 6-11% faster end to end (README, Performance). Elsewhere, and with attention dropout or
-    relative scores (XLNet, ProtTXL), the whole batch at once. `platform_dependent` picks at
-    lowering: the CPU branch costs other platforms nothing (tests/models/test_dot_product_attention.py).
+    threads, the embedding 6-11% faster end to end (README, Performance). Elsewhere, and with
+    attention dropout or relative scores (XLNet, ProtTXL), the whole batch at once.
+    `platform_dependent` picks at lowering: the CPU branch costs other platforms nothing
+    (tests/models/test_dot_product_attention.py).
     """
     batch, q_length, heads, _ = query.shape
     if (scores is not None or dropout > 0.0 or batch == 1

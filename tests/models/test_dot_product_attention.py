@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from prottrans_jax.errors import UserError
-from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias, relative_position_bucket
 from prottrans_jax.models import dot_product_attention as dot_product_attention_module
+from prottrans_jax.models.attention_bias import MASKED_LOGIT, AttentionBias, relative_position_bucket
 from prottrans_jax.models.dot_product_attention import dot_product_attention, softmax
 from tests.models.conftest import (ATTENTION_CASES, BUCKETS, HEAD_DIM, HEADS, MAX_DISTANCE, TOL,
                                   assert_fused_equals_xla, attention_case, attention_inputs, valid_rows,
