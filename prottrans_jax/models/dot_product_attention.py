@@ -10,7 +10,8 @@ happens here: T5 folds 1/sqrt(head_dim) into the query initialisation, BERT and 
 models scale the queries before calling.
 
 - "xla": the dense computation (logits and softmax in float32): memory O(q * k); on a CPU,
-  a large batch one row at a time (its scores then stay in cache).
+  a large batch's forward, when not differentiated, one row at a time (its scores then stay
+  in cache).
 - "chunked": query blocks x key blocks with an online softmax (Rabe & Staats 2021,
   "Self-attention does not need O(n^2) memory"), the bias of each tile from `bias.block`;
   memory linear in the length, forward and backward, on any backend.
@@ -23,6 +24,8 @@ models scale the queries before calling.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -87,19 +90,22 @@ def check_available(implementation: str, dtype) -> None:
 # ----------------------------------------------------------------------------------- xla
 
 
-# From this size of the batch's float32 scores (batch, heads, q, k) on, `xla` attention on a
-# CPU runs the batch one row at a time (see _xla). The rows' loop would gather a batch sharded
-# over several devices; a CPU job here is one device (the tests' 8-device CPU meshes run
-# batches far under this size).
-CPU_BY_ROWS_MIN_BYTES = 8 * 2**20
+# From this size of the batch's float32 scores (batch, heads, q, k) on, `xla` attention's
+# forward on a CPU runs the batch one row at a time (see _xla): 1.2-2.8x quicker at `embed`'s
+# batches of 8-16 heads, 0.64-0.95x at three batches of 8 MiB and under. The rows' loop would
+# gather a batch sharded over several devices; a CPU job here is one device (the tests'
+# 8-device CPU meshes run batches far under this size).
+CPU_BY_ROWS_MIN_BYTES = 16 * 2**20
 
 
 def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, scores=None) -> jax.Array:
     """The dense computation. On a CPU, once the batch's scores outgrow its caches (a ProtBert
-    embedding batch of 12 x 320 tokens x 8 heads: 39 MB), one batch row at a time: the same
-    values, each row's scores staying in cache; one such layer's forward 65 -> 36 ms on two
-    threads, the embedding 6-11% faster end to end (README, Performance). Elsewhere, and with
-    attention dropout or relative scores (XLNet, ProtTXL), the whole batch at once.
+    embedding batch of 12 x 320 tokens x 8 heads: 39 MB), a forward that is not differentiated
+    (embedding, evaluation) runs one batch row at a time: the same values, each row's scores
+    staying in cache; one such layer's forward 65 -> 36 ms on two threads, the embedding 6-11%
+    faster end to end (README, Performance). Differentiated, the whole batch at once: rows
+    made the gradient slower (ProtBert's CPU train step by 10-13%). Elsewhere, and with
+    attention dropout or relative scores (XLNet, ProtTXL), always the whole batch.
     `platform_dependent` picks at lowering: the CPU branch costs other platforms nothing
     (tests/models/test_dot_product_attention.py).
     """
@@ -108,17 +114,24 @@ def _xla(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, sco
             or 4 * batch * heads * q_length * key.shape[1] < CPU_BY_ROWS_MIN_BYTES):
         return _dense(query, key, value, bias, dropout, rng, dtype, scores)
     return jax.lax.platform_dependent(query, key, value, bias,
-                                      cpu=lambda *args: _dense_by_rows(*args, dtype=dtype),
+                                      cpu=lambda *args: _by_rows_unless_differentiated(*args, dtype),
                                       default=lambda *args: _dense(*args, 0.0, None, dtype))
 
 
-def _dense_by_rows(query, key, value, bias: AttentionBias, *, dtype) -> jax.Array:
-    """`_dense` over one batch row at a time (a `jax.lax.map`), no dropout, no relative scores."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _by_rows_unless_differentiated(query, key, value, bias: AttentionBias, dtype) -> jax.Array:
+    """`_dense` over one batch row at a time (a `jax.lax.map`), no dropout, no relative scores;
+    differentiated (forward or reverse mode), the whole batch's `_dense` (the custom JVP)."""
     def row(xs):
         q, k, v, bias_row = xs
         return _dense(q[None], k[None], v[None], bias.of_row(bias_row), 0.0, None, dtype)[0]
 
     return jax.lax.map(row, (query, key, value, bias.batch_rows(query.shape[0])))
+
+
+@_by_rows_unless_differentiated.defjvp
+def _whole_batch_jvp(dtype, primals, tangents):
+    return jax.jvp(lambda *args: _dense(*args, 0.0, None, dtype), primals, tangents)
 
 
 def _dense(query, key, value, bias: AttentionBias, dropout: float, rng, dtype, scores=None) -> jax.Array:

@@ -43,8 +43,9 @@ def test_chunked_equals_xla_in_outputs_and_gradients(name):
 
 @pytest.mark.parametrize("name", ATTENTION_CASES)
 def test_xla_by_rows_on_cpu_equals_the_whole_batch_at_once(name, monkeypatch):
-    """With the size threshold at 0, `xla` on this CPU runs row by row: equal to the whole
-    batch's computation in outputs and gradients, for every bias pattern."""
+    """With the size threshold at 0, `xla` on this CPU runs a forward row by row, equal to the
+    whole batch's computation, for every bias pattern; differentiated, it runs the whole batch
+    (rows made gradients slower), in reverse and in forward mode, with the same gradients."""
     monkeypatch.setattr(dot_product_attention_module, "CPU_BY_ROWS_MIN_BYTES", 0)
     q_length, k_length, _ = attention_case(name, jnp.zeros((HEADS, BUCKETS)))
     q, k, v, table, cotangent = attention_inputs(2, q_length, k_length, seed=3)
@@ -53,13 +54,21 @@ def test_xla_by_rows_on_cpu_equals_the_whole_batch_at_once(name, monkeypatch):
         _, _, bias = attention_case(name, table)
         return dot_product_attention_module._dense(q, k, v, bias, 0.0, None, jnp.float32)
 
-    by_rows = _attention("xla", name)
-    assert "while" in jax.jit(by_rows).lower(q, k, v, table).as_text()  # the rows' loop ran
+    by_rows = jax.jit(_attention("xla", name))
+    assert "while" in by_rows.lower(q, k, v, table).as_text()  # the rows' loop ran
     expected, expected_grads = jax.jit(lambda *a: value_and_grads(whole_batch, *a))(q, k, v, table, cotangent)
-    got, got_grads = jax.jit(lambda *a: value_and_grads(by_rows, *a))(q, k, v, table, cotangent)
+    np.testing.assert_allclose(by_rows(q, k, v, table), expected, **TOL)
+
+    differentiated = jax.jit(lambda *a: value_and_grads(by_rows, *a))
+    assert "while" not in differentiated.lower(q, k, v, table, cotangent).as_text()
+    got, got_grads = differentiated(q, k, v, table, cotangent)
     np.testing.assert_allclose(got, expected, **TOL)
     for what, g, e in zip(("q", "k", "v", "table"), got_grads, expected_grads):
         np.testing.assert_allclose(g, e, **TOL, err_msg=f"d/d{what}")
+    tangents = (cotangent, v, k, 2.0 * table)  # forward mode: any directions of the inputs' shapes
+    want = jax.jvp(whole_batch, (q, k, v, table), tangents)
+    for g, e in zip(jax.jit(lambda *a: jax.jvp(by_rows, a, tangents))(q, k, v, table), want):
+        np.testing.assert_allclose(g, e, **TOL)
 
 
 def test_xla_by_rows_is_for_cpus_and_large_batches_only(monkeypatch):
@@ -67,7 +76,7 @@ def test_xla_by_rows_is_for_cpus_and_large_batches_only(monkeypatch):
     under the threshold (the tests' tiny models) and single rows have none either."""
     q, k, v, table, _ = attention_inputs(2, 37, 37)
     attend = jax.jit(_attention("xla", "encoder"))
-    assert "while" not in attend.lower(q, k, v, table).as_text()  # 2 x 4 x 37 x 37 x 4 bytes < 8 MiB
+    assert "while" not in attend.lower(q, k, v, table).as_text()  # 2 x 4 x 37 x 37 x 4 bytes < 16 MiB
     monkeypatch.setattr(dot_product_attention_module, "CPU_BY_ROWS_MIN_BYTES", 0)
     attend = jax.jit(_attention("xla", "encoder"))
     exported = {platform: jax.export.export(attend, platforms=[platform])(q, k, v, table).mlir_module()
