@@ -91,10 +91,12 @@ def check_available(implementation: str, dtype) -> None:
 
 
 # From this size of the batch's float32 scores (batch, heads, q, k) on, `xla` attention's
-# forward on a CPU runs the batch one row at a time (see _xla): 1.2-2.8x quicker at `embed`'s
-# batches of 8-16 heads, 0.64-0.95x at three batches of 8 MiB and under. The rows' loop would
-# gather a batch sharded over several devices; a CPU job here is one device (the tests'
-# 8-device CPU meshes run batches far under this size).
+# forward on a CPU runs the batch one row at a time (see _xla). One layer on a 2-core CPU:
+# 1.2-2.3x quicker at `embed`'s CPU batches (4,096 tokens) of 8 and 16 heads x 64; with 2-4
+# heads or 2-4 rows 0.89-1.05x at six shapes of 16-128 MiB (2.8x at a seventh); 0.64x and
+# 0.94x at two of 8 MiB, hence the threshold. The rows' loop would gather a batch sharded
+# over several devices; a CPU job here is one device (the tests' 8-device CPU meshes run
+# batches far under this size).
 CPU_BY_ROWS_MIN_BYTES = 16 * 2**20
 
 
