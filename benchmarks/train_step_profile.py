@@ -1,10 +1,17 @@
-"""Where a ProtT5 train step's time goes, ours against PyTorch, phase by phase, in one process.
+"""Where a train step's time goes, ours against PyTorch, phase by phase, in one process.
 
-    python benchmarks/train_step_profile.py                          # train_throughput's CPU shape
+    python benchmarks/train_step_profile.py                          # ProtT5 at train_throughput's CPU shape
     python benchmarks/train_step_profile.py --d_model 512 --heads 8 --d_ff 2048 --batch 2 --length 512
     python benchmarks/train_step_profile.py --d_model 768 --heads 12 --d_ff 3072 --layers 12 \
         --batch 1 --length 512 --calls 1          # ProtT5 base's shape (gin/models/t5/base.gin)
+    python benchmarks/train_step_profile.py --family bert [--d_model 768 --heads 12 --d_ff 3072 --layers 12 ...]
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python benchmarks/train_step_profile.py
+
+`--family` t5 (ProtT5, `EncoderDecoderModel` vs `T5ForConditionalGeneration`; `--layers`
+encoder and decoder layers each, `--length` encoder and decoder tokens each), bert
+(`BertMLMModel` vs `BertForMaskedLM`) or albert (`AlbertMLMModel` vs `AlbertForMaskedLM`,
+its embedding width as in train_throughput): the models, batches and Hugging Face steps of
+`benchmarks/train_throughput.py`, at its CPU shape unless the shape flags say otherwise.
 
 Phases, each a compiled program timed on its own after a warm-up (seconds per call; the two
 sides' phases interleaved, `--rounds` rounds of `--calls` calls, min and median):
@@ -47,9 +54,16 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from benchmarks.train_throughput import HF, Ours, t5_batch  # noqa: E402
-from prottrans_jax.models.encoder_decoder import EncoderDecoderModel  # noqa: E402
-from prottrans_jax.models.t5 import T5Config  # noqa: E402
+from benchmarks.train_throughput import HF, SIZES, Ours, build  # noqa: E402
+
+# The shape flags -> each family's config fields (t5's --layers: encoder and decoder each).
+SHAPE_FIELDS = {
+    "t5": {"d_model": ("d_model",), "heads": ("num_heads",), "d_ff": ("d_ff",),
+           "layers": ("num_encoder_layers", "num_decoder_layers")},
+    "bert": {"d_model": ("hidden_size",), "heads": ("num_heads",), "d_ff": ("intermediate_size",),
+             "layers": ("num_layers",)},
+}
+SHAPE_FIELDS["albert"] = SHAPE_FIELDS["bert"]
 
 
 def loss_fn(ours: Ours):
@@ -188,14 +202,28 @@ def hf_phases(hf: HF, calls: int) -> dict:
             "optimizer": timed(hf.optimizer.step), "step_plain": timed(hf.step)}
 
 
+def shape(family: str, args: argparse.Namespace) -> dict:
+    """train_throughput's CPU shape of the family with the shape flags given applied: the
+    config's fields plus batch and length."""
+    spec = dict(SIZES[family]["cpu"])
+    for flag, fields in [*SHAPE_FIELDS[family].items(), ("batch", ("batch",)), ("length", ("length",))]:
+        if getattr(args, flag) is not None:
+            spec.update(dict.fromkeys(fields, getattr(args, flag)))
+    if family == "t5":
+        spec["head_dim"] = spec["d_model"] // spec["num_heads"]
+    return spec
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--d_model", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--d_ff", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=128, help="encoder and decoder tokens each")
+    parser.add_argument("--family", choices=sorted(SHAPE_FIELDS), default="t5")
+    parser.add_argument("--d_model", type=int, default=None,
+                        help="the width (default, as for every shape flag: train_throughput's CPU shape)")
+    parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--d_ff", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None, help="t5: encoder and decoder layers each")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--length", type=int, default=None, help="t5: encoder and decoder tokens each")
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--torch_threads", type=int, default=None, help="default: os.cpu_count()")
@@ -206,16 +234,14 @@ def main() -> None:
 
     torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     load_before = timing.load_average()
-    config = T5Config(vocab_size=128, feed_forward="relu", dropout_rate=0.0, tie_word_embeddings=False,
-                      scale_decoder_outputs=False, d_model=args.d_model, num_heads=args.heads,
-                      head_dim=args.d_model // args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
-                      num_decoder_layers=args.layers, dtype="float32")
-    model = EncoderDecoderModel(config, z_loss=0.0)
-    batch = t5_batch(args.batch, args.length)
-    ours, hf = Ours(model, batch), HF("t5", config, batch, "cpu")
+    spec = shape(args.family, args)
+    config, model, batch, _ = build(args.family, {**spec, "dtype": "float32"})
+    ours, hf = Ours(model, batch), HF(args.family, config, batch, "cpu")
     grads_fn = jax.jit(jax.grad(loss_fn(ours)))  # the forward_backward phase, and what --op_profile traces
     ours_sides, hf_sides = ours_phases(ours, grads_fn, args.calls), hf_phases(hf, args.calls)
-    gemm_ours, gemm_hf = gemm_phases(args.batch * args.length, args.d_model, args.d_ff, max(args.calls, 5))
+    fields = SHAPE_FIELDS[args.family]
+    gemm_ours, gemm_hf = gemm_phases(spec["batch"] * spec["length"], spec[fields["d_model"][0]],
+                                     spec[fields["d_ff"][0]], max(args.calls, 5))
     ours_sides, hf_sides = {**ours_sides, **gemm_ours}, {**hf_sides, **gemm_hf}
     phases = {}
     for name, ours_fn in ours_sides.items():
@@ -226,8 +252,9 @@ def main() -> None:
             phases[name]["ratio_ours_over_hf"] = timing.ratio(times["hf"], times["ours"])
     print(json.dumps({
         "benchmark": "train_step_profile",
-        "config": {"d_model": args.d_model, "heads": args.heads, "d_ff": args.d_ff, "layers": args.layers,
-                   "batch": args.batch, "length": args.length},
+        "family": args.family,
+        "config": {flag: spec[fields[0]] for flag, fields in fields.items()}
+                  | {"batch": spec["batch"], "length": spec["length"]},
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch.get_num_threads(),
         "model_flops_per_step": ours.flops,
         "measured": f"{args.rounds} interleaved rounds of {args.calls} calls per phase and side; seconds per call",

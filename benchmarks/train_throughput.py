@@ -322,8 +322,10 @@ def torch_electra(config: ElectraConfig):
 # ------------------------------------------------------------------------------ one family
 
 
-def measure(family: str, size: str, steps: int, repeats: int, device: str) -> dict:
-    spec = dict(SIZES[family][size])
+def build(family: str, spec: dict) -> tuple:
+    """(config, model, batch, tokens per step) of one family at one size (a `SIZES` entry or
+    its like: the config's fields plus `batch` and `length`), dropout off."""
+    spec = dict(spec)
     batch_size, length = spec.pop("batch"), spec.pop("length")
     if family == "t5":
         config = T5Config(vocab_size=128, feed_forward="relu", dropout_rate=0.0,
@@ -346,7 +348,13 @@ def measure(family: str, size: str, steps: int, repeats: int, device: str) -> di
         config = config_cls(vocab_size=vocab_size, max_position_embeddings=length, hidden_dropout_prob=0.0,
                             attention_dropout_prob=0.0, pretraining_heads=False, **spec)
         model, batch, tokens = model_cls(config), bert_batch(batch_size, length), length
-    tokens *= batch_size
+    return config, model, batch, tokens * batch_size
+
+
+def measure(family: str, size: str, steps: int, repeats: int, device: str) -> dict:
+    spec = dict(SIZES[family][size])
+    config, model, batch, tokens = build(family, spec)
+    batch_size, length = spec.pop("batch"), spec.pop("length")
     load_before = timing.load_average()
     ours, hf = Ours(model, batch), HF(family, config, batch, device)
     # Interleaved rounds (ours, hf / hf, ours / ...), so that a change in load hits both sides.

@@ -1,6 +1,6 @@
-"""benchmarks/train_step_profile.py at a tiny shape: every phase is timed on the sides it
-claims, and the op profile finds XLA's operations in the trace, so the README's CPU profile
-can be re-run as written."""
+"""benchmarks/train_step_profile.py at a tiny shape, for ProtT5 and ProtBert: every phase is
+timed on the sides it claims, and the op profile finds XLA's operations in the trace, so the
+README's CPU profiles can be re-run as written."""
 
 import json
 import math
@@ -17,14 +17,16 @@ OURS_ONLY = ("step_trainer", "dispatch")
 
 
 @pytest.mark.slow
-def test_every_phase_is_timed_and_compared(tmp_path):
-    command = [sys.executable, str(REPO / "benchmarks" / "train_step_profile.py"), "--d_model", "32", "--heads", "2",
-               "--d_ff", "64", "--layers", "1", "--batch", "1", "--length", "16", "--calls", "1", "--rounds", "1",
-               "--torch_threads", "1", "--op_profile"]
+@pytest.mark.parametrize("family, module", [("t5", "T5."), ("bert", "Bert.")])
+def test_every_phase_is_timed_and_compared(tmp_path, family, module):
+    command = [sys.executable, str(REPO / "benchmarks" / "train_step_profile.py"), "--family", family,
+               "--d_model", "32", "--heads", "2", "--d_ff", "64", "--layers", "1", "--batch", "1", "--length", "16",
+               "--calls", "1", "--rounds", "1", "--torch_threads", "1", "--op_profile"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
 
+    assert result["family"] == family
     assert result["config"] == {"d_model": 32, "heads": 2, "d_ff": 64, "layers": 1, "batch": 1, "length": 16}
     assert result["torch_threads"] == 1 and result["model_flops_per_step"] > 0
     assert set(result["phases"]) == set(BOTH_SIDES + OURS_ONLY)
@@ -42,4 +44,4 @@ def test_every_phase_is_timed_and_compared(tmp_path):
     kinds = profile["by_kind"]
     assert 0.5 < sum(k["share"] for k in kinds.values()) <= 1.0 + 1e-3, kinds
     assert any("dot" in kind or "ynn" in kind for kind in kinds), kinds  # the matrix products are in it
-    assert any("T5." in (op["from"] or "") for op in profile["slowest"]), profile["slowest"]  # named by model code
+    assert any(module in (op["from"] or "") for op in profile["slowest"]), profile["slowest"]  # named by model code
