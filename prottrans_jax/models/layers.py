@@ -39,6 +39,19 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     raise UserError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
 
 
+def tokens_matmul(inputs: jax.Array, matrix: jax.Array) -> jax.Array:
+    """inputs (..., d) @ matrix (d, f), as one 2-D product over the flattened tokens.
+
+    The same values as `jnp.dot`, but the weight gradient is then a plain (d, tokens) @
+    (tokens, f) product: from a (batch, length, d) input, XLA:CPU contracts two dimensions
+    and transposes the output gradient first, 1.6-1.8x slower (512 x 768 x 3072, one core).
+    Merging batch and length is a bitcast; SPMD keeps a sharded batch on the merged axis.
+    """
+    leading = inputs.shape[:-1]
+    y = jnp.dot(inputs.reshape(-1, inputs.shape[-1]), matrix)
+    return y.reshape(*leading, matrix.shape[-1])
+
+
 class Dense(nn.Module):
     """A linear map whose kernel (and bias, if any) carry logical axis names; T5 uses no biases."""
 
@@ -58,7 +71,7 @@ class Dense(nn.Module):
             self.param_dtype,
         )
         kernel = jnp.asarray(kernel, self.dtype)
-        y = jnp.dot(jnp.asarray(inputs, self.dtype), kernel)
+        y = tokens_matmul(jnp.asarray(inputs, self.dtype), kernel)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[-1:]),
                               (self.features,), self.param_dtype)
@@ -97,7 +110,7 @@ class Embed(nn.Module):
     def attend(self, query: jax.Array) -> jax.Array:
         """Logits against every vocabulary entry: query @ embedding.T."""
         table = jnp.asarray(self.embedding, self.dtype)
-        return jnp.dot(jnp.asarray(query, self.dtype), table.T)
+        return tokens_matmul(jnp.asarray(query, self.dtype), table.T)
 
 
 class RmsNorm(nn.Module):

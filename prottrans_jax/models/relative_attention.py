@@ -44,7 +44,7 @@ from prottrans_jax.models.attention_bias import AttentionBias
 from prottrans_jax.models.base import ComputeDtypes
 from prottrans_jax.models.dot_product_attention import RELATIVE_IMPLEMENTATIONS, dot_product_attention
 from prottrans_jax.models.layers import (ACTIVATIONS, REMAT_POLICIES, Embed, LayerNorm, MlpBlock,
-                                         remat_layer)
+                                         remat_layer, tokens_matmul)
 from prottrans_jax.models.relative_scores import RelativeMask, RelativeScores
 
 ATTN_TYPES = ("bi", "uni")
@@ -192,7 +192,9 @@ class RelativeAttention(nn.Module):
         return jnp.asarray(w, self.config.compute_dtype)
 
     def project(self, x: jax.Array, name: str) -> jax.Array:
-        y = jnp.einsum("bld,dnh->blnh", x, self._cast(getattr(self, name)))
+        """x (b, l, d) @ the (d, n, h) kernel -> (b, l, n, h), as one 2-D product (`tokens_matmul`)."""
+        kernel = self._cast(getattr(self, name))
+        y = tokens_matmul(x, kernel.reshape(kernel.shape[0], -1)).reshape(*x.shape[:-1], *kernel.shape[1:])
         return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
     def core(self, q: jax.Array, k: jax.Array, v: jax.Array, k_r: jax.Array, mask: RelativeMask,
@@ -218,7 +220,8 @@ class RelativeAttention(nn.Module):
             dtype=cfg.compute_dtype)
 
     def out(self, attn_vec: jax.Array) -> jax.Array:
-        y = jnp.einsum("blnh,nhd->bld", attn_vec, self._cast(self.o))
+        kernel = self._cast(self.o)  # (n, h, d)
+        y = tokens_matmul(attn_vec.reshape(*attn_vec.shape[:-2], -1), kernel.reshape(-1, kernel.shape[-1]))
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
     def __call__(self, h: jax.Array, g: jax.Array | None, memory: jax.Array, pos_emb: jax.Array,
