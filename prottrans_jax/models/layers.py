@@ -44,7 +44,7 @@ def tokens_matmul(inputs: jax.Array, matrix: jax.Array) -> jax.Array:
 
     The same values as `jnp.dot`, but the weight gradient is then a plain (d, tokens) @
     (tokens, f) product: from a (batch, length, d) input, XLA:CPU contracts two dimensions
-    and transposes the output gradient first, 1.6-1.8x slower (512 x 768 x 3072, one core).
+    and transposes the output gradient first: 1.6-1.8x slower (512 or 2,048 tokens x 768 x 3072, one core).
     Merging batch and length is a bitcast; SPMD keeps a sharded batch on the merged axis.
     """
     leading = inputs.shape[:-1]
