@@ -191,11 +191,13 @@ class RelativeAttention(nn.Module):
     def _cast(self, w: jax.Array) -> jax.Array:
         return jnp.asarray(w, self.config.compute_dtype)
 
-    def project(self, x: jax.Array, name: str) -> jax.Array:
+    def to_heads(self, x: jax.Array, name: str) -> jax.Array:
         """x (b, l, d) @ the (d, n, h) kernel -> (b, l, n, h), as one 2-D product (`tokens_matmul`)."""
         kernel = self._cast(getattr(self, name))
-        y = tokens_matmul(x, kernel.reshape(kernel.shape[0], -1)).reshape(*x.shape[:-1], *kernel.shape[1:])
-        return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+        return tokens_matmul(x, kernel.reshape(kernel.shape[0], -1)).reshape(*x.shape[:-1], *kernel.shape[1:])
+
+    def project(self, x: jax.Array, name: str) -> jax.Array:
+        return nn.with_logical_constraint(self.to_heads(x, name), ("batch", "length", "heads", "kv"))
 
     def core(self, q: jax.Array, k: jax.Array, v: jax.Array, k_r: jax.Array, mask: RelativeMask,
              segment_types: tuple[jax.Array, jax.Array] | None) -> jax.Array:
@@ -237,7 +239,7 @@ class RelativeAttention(nn.Module):
         """
         keys_in = jnp.concatenate([memory.astype(h.dtype), h], axis=1)
         k, v = self.project(keys_in, "k"), self.project(keys_in, "v")
-        k_r = jnp.einsum("bpd,dnh->bpnh", pos_emb.astype(h.dtype), self._cast(self.r))
+        k_r = self.to_heads(pos_emb.astype(h.dtype), "r")  # (1 or b, P, n, h): not constrained to the batch
         out_h = self.out(self.core(self.project(h, "q"), k, v, k_r, mask_h, segment_types))
         if g is None:
             return out_h, None
